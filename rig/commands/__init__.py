@@ -1,0 +1,1 @@
+"""Click commands contributed by feature modules; rig.cli registers them."""

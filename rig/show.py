@@ -1,0 +1,89 @@
+"""Terminal summaries of a run directory (`rig show`) and of a rendered suite (`rig suite show`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rig.runs import RunReader
+from rig.suite import Suite, decode
+
+
+def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, str(v))
+    return table
+
+
+def show_run(path: str, *, with_prompts: bool = True, console: Console | None = None) -> None:
+    console = console or Console()
+    run = RunReader(path)
+    m = run.manifest
+    spec = m["spec"]
+    s = spec["sampling"]
+    rows = [
+        ("status", m["status"] + (f" ({m['error']})" if m.get("error") else "")),
+        ("kind", m["kind"] + (f" of {m['source_run']['name']}" if m.get("source_run") else "")),
+        ("stack / model", f"{spec['stack']} / {spec['model']}"),
+        ("spec hash", m["spec_hash"]),
+        ("dtype / quantization", f"{spec['dtype']} / {spec['quantization']}"),
+        ("sampling", f"T={s['temperature']} top_p={s['top_p']} top_k={s['top_k']} seed={s['seed']} "
+                     f"samples={s['samples']} max_new={s['max_new_tokens']} coupled={s['coupled']}"),
+        ("top-K / batch", f"{spec['logprobs']} / {spec['batch_size']}"),
+        ("suite", f"{m['suite']['name']} ({m['suite']['n_prompts']} prompts, hash {m['suite']['hash']})"),
+        ("counts", ", ".join(f"{k} {v}" for k, v in m["counts"].items())),
+        ("timings", ", ".join(f"{k} {v}" for k, v in (m.get("timings") or {}).items())),
+        ("created / finished", f"{m.get('created_at')} / {m.get('finished_at')}"),
+    ]
+    console.print(_kv_table(f"run {run.name}", rows))
+    resolved = (m.get("stack") or {}).get("resolved") or {}
+    if resolved:
+        t = Table(title="what the stack resolved", title_justify="left")
+        t.add_column("choice", style="bold")
+        t.add_column("value")
+        t.add_column("reason", overflow="fold")
+        for key, entry in resolved.items():
+            t.add_row(key, str(entry.get("value")), str(entry.get("reason", "")))
+        console.print(t)
+    tel = m.get("telemetry") or {}
+    if tel:
+        flat = [(k, v) for k, v in tel.items() if not isinstance(v, dict | list)]
+        phases = tel.get("phases")
+        console.print(_kv_table("telemetry", flat))
+        if isinstance(phases, list) and phases:
+            t = Table(title="telemetry phases", title_justify="left")
+            cols = [c for c in phases[0] if c != "info"]
+            for c in cols:
+                t.add_column(c)
+            for ph in phases[:40]:
+                t.add_row(*[str(ph.get(c)) for c in cols])
+            console.print(t)
+    if with_prompts:
+        t = Table(title="sequences", title_justify="left")
+        for c in ("prompt", "sample", "tokens", "finish", "text (start)"):
+            t.add_column(c, overflow="fold" if c.startswith("text") else None)
+        for c in run.completions:
+            text = (c.get("final") or c.get("text") or "").replace("\n", " ")
+            t.add_row(c["prompt_id"], str(c["sample"]), str(c["n_tokens"]), c["finish_reason"], text[:60])
+        console.print(t)
+
+
+def show_suite(suite: Suite, *, with_tokens: bool = False, console: Console | None = None) -> None:
+    console = console or Console()
+    r = suite.render
+    console.print(
+        f"[bold]suite {suite.name}[/bold]: {len(suite.prompts)} prompts, hash {suite.hash}; harmony date "
+        f"{r.conversation_date}, reasoning effort {r.reasoning_effort}, knowledge cutoff {r.knowledge_cutoff}"
+    )
+    for p in suite.prompts:
+        console.rule(f"{p.id}  [{p.category or '-'}]  {len(p.token_ids)} tokens  sha256 {p.sha256[:12]}")
+        console.print(decode(p.token_ids), markup=False, highlight=False)
+        if p.reference is not None:
+            console.print(f"reference ({p.reference_type}): {p.reference}", markup=False)
+        if with_tokens:
+            console.print(list(p.token_ids), markup=False)

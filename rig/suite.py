@@ -1,0 +1,317 @@
+"""Prompt suites: a JSONL schema, its validation, and rendering to token IDs through the harmony encoding.
+
+Every stack must receive the same token IDs, or a diff measures templating instead of numerics. So prompts are
+rendered once, here, by the harmony encoding (the `openai_harmony` module from the `oss-harmony` distribution, which
+works offline), with the conversation date, reasoning effort and system text pinned and recorded. Each prompt gets a
+sha256 of its token IDs, and the suite a hash over all of them and the render options.
+
+A suite line is one of
+    {"id": "...", "messages": [{"role": "user", "content": "..."}], "reasoning_effort"?, "reference"?, "category"?}
+    {"id": "...", "text": "raw completion prompt"}
+    {"id": "...", "token_ids": [1, 2, 3]}
+with optional "reference" (a string or number) and "reference_type" (exact, numeric, regex, choice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rig.errors import UserError
+
+ROLES = ("system", "developer", "user", "assistant")
+EFFORTS = ("low", "medium", "high")
+REFERENCE_TYPES = ("exact", "numeric", "regex", "choice")
+VOCAB_SIZE = 201088
+_ALLOWED = {"id", "messages", "text", "token_ids", "reasoning_effort", "reference", "reference_type", "category"}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What the harmony system message pins. The defaults are recorded in every manifest."""
+
+    conversation_date: str = "2025-08-05"
+    knowledge_cutoff: str = "2024-06"
+    reasoning_effort: str = "medium"
+    model_identity: str = "You are ChatGPT, a large language model trained by OpenAI."
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One rendered prompt: the token IDs every stack receives, and where they came from."""
+
+    id: str
+    token_ids: tuple[int, ...]
+    sha256: str
+    kind: str  # "chat", "text" or "tokens"
+    source: dict[str, Any] = field(default_factory=dict)
+    reference: Any = None
+    reference_type: str | None = None
+    category: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "token_ids": list(self.token_ids),
+            "sha256": self.sha256,
+            "n_tokens": len(self.token_ids),
+            "kind": self.kind,
+            "source": self.source,
+            "reference": self.reference,
+            "reference_type": self.reference_type,
+            "category": self.category,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Prompt:
+        return cls(
+            id=d["id"],
+            token_ids=tuple(d["token_ids"]),
+            sha256=d["sha256"],
+            kind=d.get("kind", "tokens"),
+            source=d.get("source") or {},
+            reference=d.get("reference"),
+            reference_type=d.get("reference_type"),
+            category=d.get("category"),
+        )
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    prompts: tuple[Prompt, ...]
+    render: RenderOptions
+    hash: str
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"name": self.name, "hash": self.hash, "n_prompts": len(self.prompts), "render": self.render.to_dict()}
+
+
+def token_hash(token_ids: list[int] | tuple[int, ...]) -> str:
+    """Hex sha256 of the token IDs as little-endian int32 bytes (the same bytes on every machine)."""
+    return hashlib.sha256(np.asarray(token_ids, dtype="<i4").tobytes()).hexdigest()
+
+
+def suite_hash(prompts: list[Prompt] | tuple[Prompt, ...], render: RenderOptions) -> str:
+    h = hashlib.sha256(json.dumps(render.to_dict(), sort_keys=True).encode())
+    for p in prompts:
+        h.update(f"{p.id}\0{p.sha256}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def harmony_encoding():
+    """The gpt-oss harmony encoding (loaded once; offline with oss-harmony)."""
+    from openai_harmony import HarmonyEncodingName, load_harmony_encoding
+
+    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+def bundled_suites() -> list[str]:
+    return sorted(p.name.removesuffix(".jsonl") for p in resources.files("rig.suites").iterdir() if p.name.endswith(".jsonl"))
+
+
+def resolve_suite_path(name_or_path: str) -> tuple[str, Path]:
+    """A bundled suite's name or a path to a JSONL file -> (display name, path)."""
+    path = Path(name_or_path)
+    if path.suffix == ".jsonl" or path.exists():
+        if not path.is_file():
+            raise UserError(f"{name_or_path}: suite file not found")
+        return path.stem, path
+    bundled = resources.files("rig.suites").joinpath(f"{name_or_path}.jsonl")
+    if not bundled.is_file():
+        raise UserError(f"unknown suite {name_or_path!r}: not a file, and bundled suites are {', '.join(bundled_suites())}")
+    return name_or_path, Path(str(bundled))
+
+
+def validate_lines(path: Path) -> list[dict[str, Any]]:
+    """Parse and check every line; the first error raises UserError naming the file, line and field."""
+    records: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 ({exc.reason})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        _check_record(rec, where)
+        if rec["id"] in seen:
+            raise UserError(f"{where}: field 'id': duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
+        seen[rec["id"]] = lineno
+        records.append(rec)
+    if not records:
+        raise UserError(f"{path}: the suite has no prompts")
+    return records
+
+
+def _check_record(rec: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(rec) - _ALLOWED)
+    if unknown:
+        raise UserError(f"{where}: unknown field {unknown[0]!r}")
+    if not isinstance(rec.get("id"), str) or not rec["id"]:
+        raise UserError(f"{where}: field 'id': required, a non-empty string")
+    bodies = [k for k in ("messages", "text", "token_ids") if k in rec]
+    if len(bodies) != 1:
+        raise UserError(f"{where}: exactly one of 'messages', 'text', 'token_ids' is required (found {bodies or 'none'})")
+    if "messages" in rec:
+        msgs = rec["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise UserError(f"{where}: field 'messages': a non-empty list of {{role, content}} objects")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or set(m) != {"role", "content"}:
+                raise UserError(f"{where}: field 'messages[{i}]': an object with exactly 'role' and 'content'")
+            if m["role"] not in ROLES:
+                raise UserError(f"{where}: field 'messages[{i}].role': {m['role']!r} is not one of {', '.join(ROLES)}")
+            if not isinstance(m["content"], str):
+                raise UserError(f"{where}: field 'messages[{i}].content': a string")
+        if msgs[-1]["role"] == "assistant":
+            raise UserError(f"{where}: field 'messages': the last message must not be the assistant's")
+    if "text" in rec and (not isinstance(rec["text"], str) or not rec["text"]):
+        raise UserError(f"{where}: field 'text': a non-empty string")
+    if "token_ids" in rec:
+        ids = rec["token_ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise UserError(f"{where}: field 'token_ids': a non-empty list of integers")
+        bad = [t for t in ids if not 0 <= t < VOCAB_SIZE]
+        if bad:
+            raise UserError(f"{where}: field 'token_ids': {bad[0]} is outside the vocabulary [0, {VOCAB_SIZE})")
+    effort = rec.get("reasoning_effort")
+    if effort is not None and effort not in EFFORTS:
+        raise UserError(f"{where}: field 'reasoning_effort': {effort!r} is not one of {', '.join(EFFORTS)}")
+    ref = rec.get("reference")
+    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, str | int | float)):
+        raise UserError(f"{where}: field 'reference': a string or a number")
+    rtype = rec.get("reference_type")
+    if rtype is not None:
+        if rtype not in REFERENCE_TYPES:
+            raise UserError(f"{where}: field 'reference_type': {rtype!r} is not one of {', '.join(REFERENCE_TYPES)}")
+        if ref is None:
+            raise UserError(f"{where}: field 'reference_type': given without a 'reference'")
+    if "category" in rec and not isinstance(rec["category"], str):
+        raise UserError(f"{where}: field 'category': a string")
+
+
+def render_record(rec: dict[str, Any], render: RenderOptions) -> Prompt:
+    """One validated suite record to a Prompt (harmony rendering for chat messages)."""
+    if "messages" in rec:
+        ids = render_messages(rec["messages"], render, rec.get("reasoning_effort"))
+        kind = "chat"
+        source: dict[str, Any] = {"messages": rec["messages"]}
+        if rec.get("reasoning_effort"):
+            source["reasoning_effort"] = rec["reasoning_effort"]
+    elif "text" in rec:
+        ids = list(harmony_encoding().encode(rec["text"], allowed_special="all"))
+        kind, source = "text", {"text": rec["text"]}
+    else:
+        ids, kind, source = list(rec["token_ids"]), "tokens", {}
+    ref = rec.get("reference")
+    rtype = rec.get("reference_type") or (None if ref is None else "numeric" if isinstance(ref, int | float) else "exact")
+    return Prompt(
+        id=rec["id"],
+        token_ids=tuple(int(t) for t in ids),
+        sha256=token_hash(ids),
+        kind=kind,
+        source=source,
+        reference=ref,
+        reference_type=rtype,
+        category=rec.get("category"),
+    )
+
+
+def render_messages(messages: list[dict[str, str]], render: RenderOptions, effort: str | None = None) -> list[int]:
+    """Harmony token IDs for a conversation, ending where the assistant's reply starts."""
+    from openai_harmony import (
+        Conversation,
+        DeveloperContent,
+        Message,
+        ReasoningEffort,
+        Role,
+        SystemContent,
+    )
+
+    effort = effort or render.reasoning_effort
+    system = (
+        SystemContent.new()
+        .with_model_identity(render.model_identity)
+        .with_knowledge_cutoff(render.knowledge_cutoff)
+        .with_conversation_start_date(render.conversation_date)
+        .with_reasoning_effort(ReasoningEffort[effort.upper()])
+    )
+    out = [Message.from_role_and_content(Role.SYSTEM, system)]
+    for m in messages:
+        if m["role"] == "system" or m["role"] == "developer":
+            # The harmony format keeps the system message for metadata; user-supplied instructions go to developer.
+            out.append(Message.from_role_and_content(Role.DEVELOPER, DeveloperContent.new().with_instructions(m["content"])))
+        elif m["role"] == "user":
+            out.append(Message.from_role_and_content(Role.USER, m["content"]))
+        else:
+            out.append(Message.from_role_and_content(Role.ASSISTANT, m["content"]).with_channel("final"))
+    convo = Conversation.from_messages(out)
+    return list(harmony_encoding().render_conversation_for_completion(convo, Role.ASSISTANT))
+
+
+def load_suite(name_or_path: str, render: RenderOptions | None = None) -> Suite:
+    """Validate and render a suite (bundled name or JSONL path)."""
+    render = render or RenderOptions()
+    if render.reasoning_effort not in EFFORTS:
+        raise UserError(f"reasoning effort {render.reasoning_effort!r} is not one of {', '.join(EFFORTS)}")
+    name, path = resolve_suite_path(name_or_path)
+    prompts = tuple(render_record(rec, render) for rec in validate_lines(path))
+    return Suite(name=name, prompts=prompts, render=render, hash=suite_hash(prompts, render))
+
+
+def decode(token_ids: list[int] | tuple[int, ...] | np.ndarray) -> str:
+    """Text for token IDs, special tokens included (harmony's decoder)."""
+    return harmony_encoding().decode([int(t) for t in token_ids])
+
+
+def parse_channels(token_ids: list[int] | tuple[int, ...] | np.ndarray) -> dict[str, str | None]:
+    """Split a completion into harmony channels: {"analysis": ..., "final": ...} (None where absent).
+
+    A completion cut off mid-message still yields what was parsed before the cut; one that does not follow the harmony
+    format (a tiny random model's output, say) yields None for both.
+    """
+    from openai_harmony import Role, StreamableParser
+
+    channels: dict[str, str | None] = {"analysis": None, "final": None}
+    parser = StreamableParser(harmony_encoding(), Role.ASSISTANT)
+    try:
+        for t in token_ids:
+            parser.process(int(t))
+    except Exception:  # noqa: BLE001 - malformed output is data here, not an error
+        pass
+    try:
+        messages = list(parser.messages)
+    except Exception:  # noqa: BLE001
+        messages = []
+    for m in messages:
+        ch = getattr(m, "channel", None)
+        text = "".join(getattr(c, "text", "") for c in (m.content or []))
+        if ch in channels:
+            channels[ch] = (channels[ch] or "") + text
+    # A message still open at the cut (no <|end|> yet)
+    try:
+        ch, partial = parser.current_channel, parser.current_content
+        if ch in channels and partial:
+            channels[ch] = (channels[ch] or "") + partial
+    except Exception:  # noqa: BLE001
+        pass
+    return channels

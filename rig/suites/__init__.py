@@ -1,0 +1,1 @@
+"""Bundled prompt suites (JSONL). `rig suite show default` renders one."""
