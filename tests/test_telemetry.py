@@ -131,6 +131,25 @@ def test_phase_bounds_between_samples_are_interpolated():
     assert s["tokens"] == 100  # no stop(tokens=...): the phases' tokens
 
 
+def test_tokens_known_only_at_the_end_of_a_phase():
+    rec, clock, _ = replay_recorder(10.0)
+    rec.start()
+    rec.mark("load")
+    clock.advance(1.0)
+    rec.mark("batch", index=0)
+    clock.advance(1.0)
+    rec.add_tokens(150)
+    rec.add_tokens(50)
+    rec.mark("write", index=0)
+    clock.advance(0.5)
+    s = rec.stop()
+    batch = s["phases"][1]
+    assert batch["tokens"] == 200 and batch["j_per_token"] == pytest.approx((650 + 300) / 200)
+    assert s["tokens"] == 200 and s["phases"][2]["tokens"] is None
+    with pytest.raises(RuntimeError):
+        rec.add_tokens(1)
+
+
 def test_energy_counter_reset_accumulates_segments():
     _, s, _ = scripted_run()
     dev1 = s["gpu"]["devices"][1]
@@ -173,8 +192,13 @@ def test_clock_event_reasons_are_decoded(tmp_path):
     assert decode_clock_event_reasons(0) == []
     assert decode_clock_event_reasons(0x1 | 0x4 | 0x20) == ["gpu_idle", "sw_power_cap", "sw_thermal_slowdown"]
     assert decode_clock_event_reasons(0x8 | 0x40 | 0x80 | 0x100 | 0x2 | 0x10) == [
-        "applications_clocks_setting", "hw_slowdown", "sync_boost", "hw_thermal_slowdown",
-        "hw_power_brake_slowdown", "display_clock_setting"]
+        "applications_clocks_setting",
+        "hw_slowdown",
+        "sync_boost",
+        "hw_thermal_slowdown",
+        "hw_power_brake_slowdown",
+        "display_clock_setting",
+    ]
     assert decode_clock_event_reasons(0x400 | 1 << 12) == ["reliability", "bit_12"]
     rec, s, _ = scripted_run()
     rec.write(tmp_path)
@@ -195,8 +219,21 @@ def test_written_files_have_units_and_phases(tmp_path):
     tables = load_telemetry(tmp_path / "run")  # a run directory works too
     gpu, host, phases = tables["gpu"], tables["host"], tables["phases"]
     assert gpu.num_rows == 2 * 41 and host.num_rows == 41
-    for col in ("power_mw", "energy_mj", "sm_clock_mhz", "mem_clock_mhz", "temp_c", "gpu_util_pct", "mem_used_mib",
-                "mem_reserved_mib", "pcie_tx_kb_s", "ecc_volatile_uncorrected", "uuid", "pci_bus_id", "phase"):
+    for col in (
+        "power_mw",
+        "energy_mj",
+        "sm_clock_mhz",
+        "mem_clock_mhz",
+        "temp_c",
+        "gpu_util_pct",
+        "mem_used_mib",
+        "mem_reserved_mib",
+        "pcie_tx_kb_s",
+        "ecc_volatile_uncorrected",
+        "uuid",
+        "pci_bus_id",
+        "phase",
+    ):
         assert col in gpu.column_names
     for col in ("t_s", "proc_cpu_pct", "sys_cpu_pct", "rss_mib", "cpu_freq_mhz", "phase"):
         assert col in host.column_names
@@ -228,8 +265,11 @@ def test_clean_shutdown_and_idempotent_stop():
 
 def test_cuda_visible_devices_selects_gpus():
     clock = ManualClock()
-    rec = TelemetryRecorder(backend=ReplayBackend(TRACE, clock), clock=clock,
-                            env={"CUDA_VISIBLE_DEVICES": "GPU-5e7e71c0-0000-4000-8000-000000000001"})
+    rec = TelemetryRecorder(
+        backend=ReplayBackend(TRACE, clock),
+        clock=clock,
+        env={"CUDA_VISIBLE_DEVICES": "GPU-5e7e71c0-0000-4000-8000-000000000001"},
+    )
     rec.start()
     clock.advance(1.0)
     s = rec.stop()

@@ -77,8 +77,12 @@ def _print_env(env: dict) -> None:
         for col in ("index", "name", "compute_capability", "memory_total_mib", "uuid", "pci_bus_id"):
             devices.add_column(col)
         for d in gpu.get("devices", []):
-            devices.add_row(*(_short(d.get(c)) for c in ("index", "name", "compute_capability", "memory_total_mib",
-                                                          "uuid", "pci_bus_id")))
+            devices.add_row(
+                *(
+                    _short(d.get(c))
+                    for c in ("index", "name", "compute_capability", "memory_total_mib", "uuid", "pci_bus_id")
+                )
+            )
         console.print(devices)
     else:
         console.print(_kv_table("GPU (NVML)", {"available": False, "reason": gpu.get("reason")}))
@@ -110,8 +114,15 @@ def _print_diff(rows: list[tuple[str, Any, Any]], name_a: str, name_b: str) -> N
 
 @click.command("env")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-@click.option("--diff", "diff_paths", nargs=2, type=click.Path(), default=None, metavar="RUN_A RUN_B",
-              help="Show only what differs between two runs' environments (run directories or JSON files).")
+@click.option(
+    "--diff",
+    "diff_paths",
+    nargs=2,
+    type=click.Path(),
+    default=None,
+    metavar="RUN_A RUN_B",
+    help="Show only what differs between two runs' environments (run directories or JSON files).",
+)
 @click.option("--no-torch", is_flag=True, help="Do not import torch (faster; torch facts are left out).")
 def env_command(as_json: bool, diff_paths: tuple[str, str] | None, no_torch: bool) -> None:
     """Print this machine's environment: GPUs, driver, CUDA, torch switches, packages, numerics variables.
@@ -129,7 +140,7 @@ def env_command(as_json: bool, diff_paths: tuple[str, str] | None, no_torch: boo
                 _print_diff(rows, *diff_paths)
             return
     except UserError as exc:  # one line, exit 2, even when this command runs outside rig's main group
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"rig: error: {exc}", err=True)
         raise click.exceptions.Exit(2) from None
     env = envinfo.capture(torch=not no_torch)
     if as_json:

@@ -29,46 +29,48 @@ SCORE_CHUNK_TOKENS = 2048
 
 
 class _Capture:
-    """LogitsProcessor that records raw logprobs and top-K per step (and applies coupled noise when asked)."""
+    """LogitsProcessor that records raw logprobs and top-K per step (and applies coupled noise when asked).
+
+    The chosen token of step t is read from input_ids at step t + 1 (and from the final sequences after the last
+    step), so the recorded logprob is that of the token Transformers actually appended, whatever chose it. Only the
+    previous step's logits row and logsumexp are held (a reference, no copy), never the whole generation's.
+    """
 
     def __init__(self, k: int, keys: list[tuple[str, int]], spec: Any, mode: str):
         self.k, self.keys, self.spec, self.mode = k, keys, spec, mode
         self.step = 0
-        self.chosen_lp: list[Any] = []  # [B] per step (for "native": filled one step late)
+        self.chosen_lp: list[Any] = []  # [B] per step, filled one step late
         self.top_ids: list[Any] = []
         self.top_lps: list[Any] = []
-        self._prev_logprobs: Any = None  # native sampling only: the last step's log-softmax row
+        self._prev: tuple[Any, Any] | None = None  # (raw logits [B, V], logsumexp [B, 1]) of the last step
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
+        if self._prev is not None:
+            self._gather(input_ids[:, -1])
         raw = scores.float()
         lse = torch.logsumexp(raw, dim=-1, keepdim=True)
         if self.k:
             v, i = torch.topk(raw, self.k, dim=-1)
             self.top_ids.append(i.to(torch.int32))
             self.top_lps.append(v - lse)
-        if self.mode == "native":
-            if self._prev_logprobs is not None:
-                self.chosen_lp.append(self._prev_logprobs.gather(-1, input_ids[:, -1:]).squeeze(-1))
-            self._prev_logprobs = raw - lse
-            out = scores
-        else:
-            if self.mode == "coupled":
-                s = self.spec.sampling
-                keys = [(pid, sample, self.step) for pid, sample in self.keys]
-                out = couple_logits(raw, keys, seed=s.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
-            else:
-                out = scores
-            chosen = out.argmax(dim=-1, keepdim=True)
-            self.chosen_lp.append((raw.gather(-1, chosen) - lse).squeeze(-1))
+        self._prev = (raw, lse)
         self.step += 1
-        return out
+        if self.mode == "coupled":
+            s = self.spec.sampling
+            keys = [(pid, sample, self.step - 1) for pid, sample in self.keys]
+            return couple_logits(raw, keys, seed=s.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        return scores
+
+    def _gather(self, tokens: Any) -> None:
+        raw, lse = self._prev
+        self.chosen_lp.append((raw.gather(-1, tokens[:, None]) - lse).squeeze(-1))
+        self._prev = None
 
     def finish(self, last_tokens: Any) -> None:
-        if self.mode == "native" and self._prev_logprobs is not None:
-            self.chosen_lp.append(self._prev_logprobs.gather(-1, last_tokens[:, None]).squeeze(-1))
-            self._prev_logprobs = None
+        if self._prev is not None:
+            self._gather(last_tokens)
 
 
 class HFStack(Stack):

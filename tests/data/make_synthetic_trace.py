@@ -19,8 +19,13 @@ from pathlib import Path
 RATE_HZ, SECONDS = 20, 4.0
 DT_S = 1.0 / RATE_HZ
 POWER_W = {0: (70, 650, 120), 1: (60, 300, 100)}
-UNSUPPORTED = {"1": {"pcie_tx": "NVMLError_NotSupported", "pcie_rx": "NVMLError_NotSupported",
-                     "ecc_volatile": "NVMLError_NotSupported"}}
+UNSUPPORTED = {
+    "1": {
+        "pcie_tx": "NVMLError_NotSupported",
+        "pcie_rx": "NVMLError_NotSupported",
+        "ecc_volatile": "NVMLError_NotSupported",
+    }
+}
 RESET_AFTER_S = {1: 2.0}
 
 
@@ -41,15 +46,39 @@ def reasons(t_s: float) -> int:
 
 def main() -> None:
     header = {
-        "format": "rig-nvml-trace", "version": 1, "synthetic": True,
+        "format": "rig-nvml-trace",
+        "version": 1,
+        "synthetic": True,
         "note": "built from NVML field definitions, not recorded on a GPU",
-        "recorded_at": None, "rate_hz": RATE_HZ, "driver_version": "synthetic", "nvml_version": "synthetic",
+        "recorded_at": None,
+        "rate_hz": RATE_HZ,
+        "driver_version": "synthetic",
+        "nvml_version": "synthetic",
         "cuda_driver_version": "synthetic",
-        "devices": [{"index": i, "uuid": f"GPU-5e7e71c0-0000-4000-8000-00000000000{i}",
-                     "pci_bus_id": f"00000000:{0x18 + i:02X}:00.0", "name": "SYNTHETIC (H100 80GB HBM3 field layout)",
-                     "compute_capability": "9.0", "memory_total_mib": 81559.0} for i in (0, 1)],
-        "fields": ["power", "energy", "sm_clock", "mem_clock", "temp", "utilization", "memory",
-                   "clock_event_reasons", "pcie_tx", "pcie_rx", "ecc_volatile"],
+        "devices": [
+            {
+                "index": i,
+                "uuid": f"GPU-5e7e71c0-0000-4000-8000-00000000000{i}",
+                "pci_bus_id": f"00000000:{0x18 + i:02X}:00.0",
+                "name": "SYNTHETIC (H100 80GB HBM3 field layout)",
+                "compute_capability": "9.0",
+                "memory_total_mib": 81559.0,
+            }
+            for i in (0, 1)
+        ],
+        "fields": [
+            "power",
+            "energy",
+            "sm_clock",
+            "mem_clock",
+            "temp",
+            "utilization",
+            "memory",
+            "clock_event_reasons",
+            "pcie_tx",
+            "pcie_rx",
+            "ecc_volatile",
+        ],
         "unsupported": UNSUPPORTED,
     }
     lines = [header]
@@ -65,15 +94,19 @@ def main() -> None:
                     energy_mj[dev] = 0
                 energy_mj[dev] += round(p_w * DT_S * 1000)
             values = {
-                "power": p_w * 1000, "energy": energy_mj[dev],
-                "sm_clock": (345, 1980, 1755)[s], "mem_clock": (1593, 2619, 2619)[s], "temp": (31, 58, 64)[s] + dev,
+                "power": p_w * 1000,
+                "energy": energy_mj[dev],
+                "sm_clock": (345, 1980, 1755)[s],
+                "mem_clock": (1593, 2619, 2619)[s],
+                "temp": (31, 58, 64)[s] + dev,
                 "utilization": [(0, 100, 5)[s], (0, 43, 1)[s]],
                 "memory": [(512, 70_000, 70_000)[s] * 2**20, None if dev else 460 * 2**20],
                 "clock_event_reasons": reasons(t) if k else 0x1,
             }
             if dev == 0 and k % RATE_HZ == 0:  # the slow fields, once a second
-                values.update({"pcie_tx": (10, 2_400_000, 800)[s], "pcie_rx": (12, 9_000_000, 900)[s],
-                               "ecc_volatile": [0, 0]})
+                values.update(
+                    {"pcie_tx": (10, 2_400_000, 800)[s], "pcie_rx": (12, 9_000_000, 900)[s], "ecc_volatile": [0, 0]}
+                )
             lines.append({"t": t, "device": dev, "values": values})
     out = Path(__file__).with_name("nvml_trace_synthetic.jsonl")
     out.write_text("".join(json.dumps(line) + "\n" for line in lines))

@@ -1,0 +1,86 @@
+"""`rig diff` and `rig report`: thin click commands over rig.report (the lead registers them in rig/cli.py).
+
+Exit codes: 0 within thresholds, 1 divergent beyond them, 2 on an error the user can fix (incomparable runs, a bad
+run directory), so `rig diff` can gate CI and serve as a bisect verdict.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from rig.errors import UserError
+
+RunPath = click.Path(path_type=Path)
+
+
+def _fail(exc: UserError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.command("diff")
+@click.argument("run_a", type=RunPath)
+@click.argument("run_b", type=RunPath)
+@click.option("--scored", type=RunPath, help="A run that teacher-forced A's tokens under B's stack (kind 'score').")
+@click.option("--floor", nargs=2, type=RunPath, default=None, help="Two runs of one spec (A A2): the noise floor.")
+@click.option("--floor-scored", type=RunPath, help="A run that teacher-forced the floor's first run under its spec.")
+@click.option("--tau", type=float, default=0.1, show_default=True, help="Near-tie margin, nats.")
+@click.option("--force", is_flag=True, help="Compare the identical prompts when prompt token hashes differ.")
+@click.option("--json", "json_path", type=RunPath, help="Write the whole result as JSON here.")
+@click.option("--max-divergent-share", type=float, default=None, help="Exit 1 above this share of divergent sequences.")
+@click.option("--max-confident", type=int, default=0, show_default=True,
+              help="Exit 1 above this many confident disagreements (-1 disables).")
+@click.option("--max-mean-abs-delta", type=float, default=None, help="Exit 1 above this teacher-forced mean |delta|.")
+@click.option("--rows", type=int, default=20, show_default=True, help="Divergent sequences to list.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the task-level bootstrap.")
+def diff_command(run_a, run_b, scored, floor, floor_scored, tau, force, json_path, max_divergent_share, max_confident,
+                 max_mean_abs_delta, rows, seed):
+    """Compare two runs token by token: first divergence, margins, teacher-forced metrics, task accuracy.
+
+    Exits 0 within the thresholds, 1 beyond them, 2 when the runs cannot be compared.
+    """
+    from rig.report import diff_paths
+    from rig.report.summary import Thresholds, dumps
+    from rig.report.terminal import print_diff, progress_bar
+
+    console = Console(stderr=False)
+    th = Thresholds(max_divergent_share=max_divergent_share,
+                    max_confident=None if max_confident is not None and max_confident < 0 else max_confident,
+                    max_mean_abs_delta=max_mean_abs_delta)
+    try:
+        with progress_bar(Console(stderr=True)) as progress:
+            doc = diff_paths(run_a, run_b, scored=scored, floor=floor or None, floor_scored=floor_scored, tau=tau,
+                             force=force, thresholds=th, seed=seed, progress=progress)
+    except UserError as exc:
+        _fail(exc)
+    if json_path:
+        json_path.write_text(dumps(doc) + "\n")
+    print_diff(console, doc, rows=rows)
+    sys.exit(doc["verdict"]["exit_code"])
+
+
+@click.command("report")
+@click.argument("runs", nargs=-1, required=True, type=RunPath)
+@click.option("-o", "--output", type=RunPath, default=Path("report.html"), show_default=True, help="HTML file.")
+@click.option("--scored", multiple=True, type=RunPath,
+              help="Scored run(s) of the first run's tokens; each pairs with the run whose spec hash it carries.")
+@click.option("--floor", nargs=2, type=RunPath, default=None, help="Two runs of one spec (A A2): the noise floor.")
+@click.option("--tau", type=float, default=0.1, show_default=True, help="Near-tie margin, nats.")
+@click.option("--force", is_flag=True, help="Compare the identical prompts when prompt token hashes differ.")
+@click.option("--max-prompts", type=int, default=40, show_default=True, help="Token-level diff views per pair.")
+def report_command(runs, output, scored, floor, tau, force, max_prompts):
+    """Write one self-contained HTML report (no network needed) comparing RUNS against the first."""
+    from rig.report.html import build_report
+    from rig.report.terminal import progress_bar
+
+    try:
+        with progress_bar(Console(stderr=True)) as progress:
+            path = build_report(runs, output, scored=scored, floor=floor or None, tau=tau, force=force,
+                                max_prompts=max_prompts, progress=progress)
+    except UserError as exc:
+        _fail(exc)
+    click.echo(f"wrote {path}")

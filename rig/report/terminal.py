@@ -1,0 +1,180 @@
+"""The terminal view of a diff: rich tables for people, built from the same JSON document `rig diff --json` writes.
+
+Printing from the document (not from the arrays) keeps the terminal, the JSON file and the HTML report in step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+MAX_MANIFEST_ROWS = 40
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """A number for a table cell ('-' for None)."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.0f}"
+    return str(x)
+
+
+@contextlib.contextmanager
+def progress_bar(console: Console) -> Iterator[Any]:
+    """A rich Progress on stderr (hidden when stderr is not a terminal); yields a loader callback factory."""
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True, disable=not console.is_terminal)
+    with prog:
+        def factory(label: str):
+            task = prog.add_task(label, total=None)
+
+            def update(done: int, total: int) -> None:
+                prog.update(task, completed=done, total=total)
+
+            return update
+
+        yield factory
+
+
+def print_manifest_diff(console: Console, rows: list[dict[str, Any]], a: str, b: str) -> None:
+    if not rows:
+        console.print("[green]manifests: spec, stack, model, suite and environment agree[/green]")
+        return
+    t = Table(title="What differs between the manifests", title_justify="left")
+    for col in ("section", "key", a, b):
+        t.add_column(col, overflow="fold")
+    for r in rows[:MAX_MANIFEST_ROWS]:
+        t.add_row(r["section"], r["key"], fmt(r["a"]), fmt(r["b"]))
+    if len(rows) > MAX_MANIFEST_ROWS:
+        t.add_row("...", f"{len(rows) - MAX_MANIFEST_ROWS} more (see --json)", "", "")
+    console.print(t)
+
+
+SUMMARY_ROWS = (
+    ("sequences", "summary", "sequences"),
+    ("share identical", "summary", "share_identical"),
+    ("divergent", "summary", "divergent"),
+    ("  near-tie flips", "summary", "near_tie"),
+    ("  confident disagreements", "summary", "confident"),
+    ("  prefix (one run stopped)", "summary", "prefix"),
+    ("  vLLM rule holds / fails", "summary", ("vllm_rule_holds", "vllm_rule_fails")),
+    ("median first divergence", "summary", "median_first_divergence"),
+    ("teacher-forced positions", "teacher", "n_positions"),
+    ("mean |delta| (nats)", "teacher", "mean_abs_delta"),
+    ("p99 |delta| (nats)", "teacher", "p99_abs_delta"),
+    ("max |delta| (nats)", "teacher", "max_abs_delta"),
+    ("exp(mean |delta|)", "teacher", "exp_mean_abs_delta"),
+    ("top-1 agreement", "teacher", "top1_agreement"),
+    ("mean KL(A||B) (nats)", "teacher", "mean_kl"),
+)
+FLOOR_OF = {"divergent": "share_divergent", "confident": "confident_share", "top1_agreement": "top1_disagreement",
+            "mean_abs_delta": "mean_abs_delta", "exp_mean_abs_delta": "mean_abs_delta",
+            "p99_abs_delta": "p99_abs_delta", "max_abs_delta": "max_abs_delta", "mean_kl": "mean_kl"}
+
+
+def _cell(doc: dict[str, Any], where: str, key: Any) -> str:
+    src = doc["summary"] if where == "summary" else doc["teacher_forced"]
+    if isinstance(key, tuple):
+        return " / ".join(fmt(src.get(k)) for k in key)
+    return fmt(src.get(key))
+
+
+def print_summary(console: Console, doc: dict[str, Any]) -> None:
+    floor = doc.get("floor")
+    src = doc["teacher_forced"].get("source")
+    t = Table(title=f"Summary (tau {doc['tau']:g} nats; teacher-forced from the {src})", title_justify="left")
+    t.add_column("metric")
+    t.add_column(f"{doc['a']['name']} vs {doc['b']['name']}", justify="right")
+    clears = {}
+    if floor:
+        t.add_column(f"floor {floor['a']['name']} vs {floor['b']['name']}", justify="right")
+        t.add_column("clears floor")
+        clears = {r["metric"]: r["clears"] for r in doc["floor_check"]}
+    for label, where, key in SUMMARY_ROWS:
+        cells = [label, _cell(doc, where, key)]
+        if floor:
+            cells.append(_cell(floor, where, key))
+            c = clears.get(FLOOR_OF.get(key if isinstance(key, str) else ""), "")
+            cells.append("" if c == "" else Text("yes", "red") if c else Text("within floor", "green") if c is False
+                         else "-")
+        t.add_row(*cells)
+    console.print(t)
+
+
+def print_breakdowns(console: Console, summary: dict[str, Any]) -> None:
+    for key, title in (("by_category", "category"), ("by_channel", "channel at d"), ("by_token_kind", "token at d")):
+        data = summary.get(key) or {}
+        if not data:
+            continue
+        t = Table(title=f"By {title}", title_justify="left")
+        for col in (title, "sequences", "identical", "near-tie", "confident", "prefix"):
+            t.add_column(col, justify="right" if col != title else "left")
+        for label, c in data.items():
+            t.add_row(label, *(fmt(c[k]) for k in ("sequences", "identical", "near_tie", "confident", "prefix")))
+        console.print(t)
+
+
+def print_sequences(console: Console, rows: list[dict[str, Any]], limit: int) -> None:
+    div = [r for r in rows if not r["identical"]]
+    if not div:
+        return
+    t = Table(title=f"First divergences ({min(limit, len(div))} of {len(div)})", title_justify="left")
+    for col in ("prompt", "s", "d", "class", "margin A", "margin B", "vLLM", "channel", "context | A | B"):
+        t.add_column(col, overflow="fold")
+    for r in div[:limit]:
+        ctx = Text()
+        ctx.append(repr(r.get("context_before") or "")[-40:], "dim")
+        ctx.append(" | ")
+        ctx.append(repr(r.get("continuation_a") or ""), "cyan")
+        ctx.append(" | ")
+        ctx.append(repr(r.get("continuation_b") or ""), "magenta")
+        t.add_row(r["prompt_id"], str(r["sample"]), fmt(r["first_divergence"]), r["class"], fmt(r["margin_a"], 3),
+                  fmt(r["margin_b"], 3), fmt(r["vllm_rule"]), r["channel"] or "", ctx)
+    console.print(t)
+
+
+def print_task(console: Console, task: dict[str, Any] | None, floor_task: dict[str, Any] | None = None) -> None:
+    if not task:
+        return
+    t = Table(title="Task level (references)", title_justify="left")
+    t.add_column("pair")
+    for col in ("prompts", "acc A", "acc B", "B - A", "95% CI", "A only / B only", "McNemar p", "no final"):
+        t.add_column(col, justify="right")
+    for label, x in (("cross", task), ("floor", floor_task)):
+        if not x:
+            continue
+        lo, hi = x["ci95"]
+        t.add_row(label, str(x["n_prompts"]), fmt(x["accuracy_a"], 3), fmt(x["accuracy_b"], 3), fmt(x["diff"], 3),
+                  f"[{fmt(lo, 3)}, {fmt(hi, 3)}]", f"{x['a_only']} / {x['b_only']}", fmt(x["mcnemar_p"], 3),
+                  f"{x['fallback_a']} / {x['fallback_b']}")
+    console.print(t)
+
+
+def print_diff(console: Console, doc: dict[str, Any], *, rows: int = 20) -> None:
+    """The whole terminal report of `rig diff`, ending with the verdict line."""
+    p = doc["prompts"]
+    console.print(f"[bold]rig diff[/bold] {doc['a']['path']} vs {doc['b']['path']}: {p['compared']} prompts compared"
+                  + (f", {len(p['dropped'])} dropped (--force)" if p["dropped"] else ""))
+    print_manifest_diff(console, doc["manifest_diff"], doc["a"]["name"], doc["b"]["name"])
+    print_summary(console, doc)
+    print_breakdowns(console, doc["summary"])
+    print_sequences(console, doc["sequences"], rows)
+    print_task(console, doc.get("task"), (doc.get("floor") or {}).get("task"))
+    v = doc["verdict"]
+    if v["exit_code"] == 0:
+        extra = f" ({len(v['within_floor'])} breach(es) within the noise floor)" if v["within_floor"] else ""
+        console.print(f"[green]within thresholds[/green]{extra}")
+    else:
+        bad = "; ".join(f"{f['metric']} {fmt(f['value'])} > {fmt(f['limit'])}" for f in v["failed"])
+        console.print(f"[red]divergent beyond thresholds:[/red] {bad}")

@@ -1,0 +1,332 @@
+"""The vLLM stack: vLLM's offline engine (`LLM.generate`), run in a child process that the rig talks to over a pipe.
+
+Why a child process:
+- vLLM reads its switches (`VLLM_BATCH_INVARIANT`, `VLLM_ENABLE_V1_MULTIPROCESSING`, backend selectors) when it is
+  imported; a fresh process gets them right every time, whatever the parent imported before.
+- Transformers and vLLM never share one process's GPU memory: the parent never imports vllm or loads the model.
+- The engine aborts at interpreter exit ("terminate called without an active exception") unless it is shut down
+  explicitly; the worker shuts it down and exits with code 0, which the parent checks (`exit_code`).
+
+The parent builds the engine arguments from the RunSpec (`engine_plan`), the SamplingParams fields from
+`rig.spec.to_vllm`, and per-request seeds and coupled-sampling settings; the worker (`rig.stacks._vllm_worker`) turns
+vLLM's outputs into NumPy arrays. Prompts go in as token IDs (`skip_tokenizer_init`), logprobs are raw, and prefix
+caching is off so that `score()` (prompt_logprobs over prompt + continuation) sees every position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rig.errors import UserError
+from rig.sampling import request_seed
+from rig.spec import RunSpec, to_vllm
+from rig.stacks.base import Request, SequenceResult, Stack, finish_reason
+
+# Environment variables recognized in --engine-arg NAME=VALUE: set in the worker's environment, not passed to LLM().
+ENV_PREFIXES = ("VLLM_", "CUDA_", "NCCL_", "OMP_", "MKL_", "KMP_", "TORCH_", "TRITON_", "FLASHINFER_", "HF_")
+COUPLED_PROCESSOR = "rig.stacks.vllm_coupled:RigCoupledLogitsProcessor"
+# Coupled-sampling settings travel as flat extra_args (the OpenAI server's vllm_xargs accept only flat values).
+COUPLED_PREFIX = "rig_coupled_"
+COUPLED_FIELDS = ("seed", "prompt_id", "sample", "temperature", "top_k", "top_p")
+LOAD_TIMEOUT_S = 1800.0
+SHUTDOWN_TIMEOUT_S = 60.0
+
+
+def engine_plan(spec: RunSpec) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """(LLM keyword arguments, worker environment additions, reason per rig-chosen key) for a spec.
+
+    Every RunSpec field that vLLM has a switch for is mapped here; `--engine-arg` values override the rig's choices.
+    """
+    kwargs: dict[str, Any] = {
+        "model": spec.model,
+        "dtype": spec.dtype,
+        "seed": spec.sampling.seed,
+        "skip_tokenizer_init": True,
+        "enable_prefix_caching": False,
+        "max_logprobs": max(20, spec.logprobs),
+    }
+    reasons = {
+        "dtype": "requested (activations and non-quantized weights)",
+        "seed": "the spec's sampling seed (per-request seeds are derived from it)",
+        "skip_tokenizer_init": "prompts are token IDs rendered by harmony; vLLM's tokenizer is never used",
+        "enable_prefix_caching": "off: prompt_logprobs (scoring) skip cached prefix positions, and generation and "
+        "scoring should run the same prefill kernels",
+        "max_logprobs": "at least the spec's top-K (logprobs)",
+    }
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    reasons["VLLM_ENABLE_V1_MULTIPROCESSING"] = (
+        "rig default 0: the engine core runs inside the rig's worker process (deterministic offline scheduling, one "
+        "process to shut down)"
+    )
+    if "VLLM_LOGGING_LEVEL" not in os.environ:
+        env["VLLM_LOGGING_LEVEL"] = "WARNING"
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+        reasons["revision"] = "requested"
+    if spec.max_model_len:
+        kwargs["max_model_len"] = spec.max_model_len
+        reasons["max_model_len"] = "requested"
+    if spec.attention != "auto":
+        kwargs["attention_backend"] = spec.attention
+        reasons["attention_backend"] = f"requested (--attention {spec.attention})"
+    if spec.experts != "auto":
+        kwargs["moe_backend"] = spec.experts
+        reasons["moe_backend"] = f"requested (--experts {spec.experts})"
+    qcfg = _quant_config(spec.model)
+    if spec.quantization == "mxfp4":
+        if qcfg is None:
+            raise UserError(f"quantization mxfp4 requested but {spec.model} has no quantization_config")
+        kwargs["quantization"] = "mxfp4"
+        reasons["quantization"] = "requested (--quantization mxfp4)"
+    elif spec.quantization == "dequantize" and qcfg is not None:
+        raise UserError("quantization 'dequantize' is a Transformers path; vLLM has no switch to dequantize MXFP4")
+    elif spec.quantization == "none" and qcfg is not None:
+        raise UserError(f"quantization none requested but the checkpoint is quantized ({qcfg.get('quant_method')})")
+    if spec.device.startswith("cuda:"):
+        env["CUDA_VISIBLE_DEVICES"] = spec.device.split(":", 1)[1]
+        reasons["CUDA_VISIBLE_DEVICES"] = f"requested (--device {spec.device})"
+    for name, value in spec.engine_args:
+        if name.startswith(ENV_PREFIXES) and name.upper() == name:
+            env[name] = str(int(value) if isinstance(value, bool) else value)
+            reasons[name] = f"requested (--engine-arg {name}={value})"
+        else:
+            kwargs[name] = value
+            reasons[name] = f"requested (--engine-arg {name}={value!r})"
+    return kwargs, env, reasons
+
+
+def _quant_config(model: str) -> dict[str, Any] | None:
+    path = Path(model) / "config.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get("quantization_config")
+
+
+def coupled_extra_args(seed: int, prompt_id: str, sample: int, temperature: float, top_k: int, top_p: float) -> dict:
+    """The SamplingParams.extra_args (or vllm_xargs) that turn on rig.stacks.vllm_coupled for one request."""
+    values = (int(seed), str(prompt_id), int(sample), float(temperature), int(top_k), float(top_p))
+    return {COUPLED_PREFIX + f: v for f, v in zip(COUPLED_FIELDS, values, strict=True)}
+
+
+def _sampler_choice(spec: RunSpec) -> tuple[str, str]:
+    s = spec.sampling
+    if s.greedy:
+        return "greedy", "temperature 0: vLLM's argmax"
+    if s.use_coupled:
+        return "coupled", (
+            "temperature > 0: rig.stacks.vllm_coupled adds the shared Gumbel noise keyed by (seed, prompt, sample, "
+            "position) and vLLM takes the argmax at temperature 0; logprobs stay raw"
+        )
+    return "native", "temperature > 0 with coupled sampling off: vLLM's sampler with a per-request seed"
+
+
+class VLLMStack(Stack):
+    """vLLM's offline engine in a worker process. `exit_code` holds the worker's exit status after `close()`."""
+
+    name = "vllm"
+
+    def __init__(self, spec: RunSpec):
+        super().__init__(spec)
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self.exit_code: int | None = None
+
+    # ---- process ----------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        spec = self.spec
+        if not spec.model:
+            raise UserError("no model given")
+        if not (Path(spec.model) / "config.json").exists() and not _looks_like_hub_id(spec.model):
+            raise UserError(f"unknown model {spec.model!r}: not a local directory with config.json, nor a hub id")
+        kwargs, env, reasons = engine_plan(spec)
+        mode, why = _sampler_choice(spec)
+        coupled = mode == "coupled"
+        cfg = {
+            "engine_kwargs": kwargs,
+            "env": env,
+            "reasons": reasons,
+            "logprobs": spec.logprobs,
+            "coupled": coupled,
+            "coupled_processor": COUPLED_PROCESSOR,
+        }
+        parent_sock, child_sock = socket.socketpair()
+        child_fd = child_sock.fileno()
+        t0 = time.perf_counter()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "rig.stacks._vllm_worker", str(child_fd)],
+                pass_fds=(child_fd,),
+                env={**os.environ, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=sys.__stderr__.fileno() if sys.__stderr__ else None,  # vLLM's prints never mix into stdout
+            )
+        finally:
+            child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        try:
+            info = self._call("load", cfg, timeout_s=LOAD_TIMEOUT_S)
+        except BaseException:
+            self._kill()
+            raise
+        self._resolved.update(info["resolved"])
+        self._mode = self.resolve("sampler", mode, why)
+        self._extra.update(info["extra"])
+        self._extra.update(
+            {
+                "worker_start_s": round(time.perf_counter() - t0, 3),
+                "sampling_params": to_vllm(spec),
+                "batch_size": spec.batch_size,
+                "engine_reasons": reasons,
+            }
+        )
+        if coupled:
+            self._extra["coupled_processor"] = COUPLED_PROCESSOR
+
+    def _call(self, op: str, payload: Any, timeout_s: float | None = None) -> Any:
+        """Send one op to the worker and wait for its answer (raising its error as UserError or RuntimeError)."""
+        if self._conn is None or self._proc is None:
+            raise RuntimeError("the vLLM worker is not running (load() first)")
+        try:
+            self._conn.send((op, payload))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            raise RuntimeError(f"the vLLM worker is gone (exit code {self._proc.poll()})") from None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._conn.poll(0.5):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"the vLLM worker died during {op!r} (exit code {self._proc.returncode})")
+            if deadline is not None and time.monotonic() > deadline:
+                raise RuntimeError(f"the vLLM worker did not answer {op!r} within {timeout_s:.0f} s")
+        try:
+            reply = self._conn.recv()
+        except EOFError:
+            self._proc.wait(timeout=10)
+            raise RuntimeError(f"the vLLM worker died during {op!r} (exit code {self._proc.returncode})") from None
+        if reply[0] == "ok":
+            return reply[1]
+        _, kind, message = reply
+        if kind == "user":
+            raise UserError(f"vllm {op}: {message}")
+        raise RuntimeError(f"vllm worker failed in {op!r}: {message}")
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=30)
+        if self._proc is not None:
+            self.exit_code = self._proc.returncode
+        if self._conn is not None:
+            self._conn.close()
+        self._proc, self._conn = None, None
+
+    def close(self) -> None:
+        """Shut the engine down explicitly and wait for the worker to exit; its exit status lands in `exit_code`."""
+        if self._proc is None:
+            return
+        try:
+            if self._proc.poll() is None:
+                self._call("shutdown", None, timeout_s=SHUTDOWN_TIMEOUT_S)
+                self._proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        except (RuntimeError, subprocess.TimeoutExpired, OSError):
+            pass
+        finally:
+            self._kill()
+
+    # ---- requests ---------------------------------------------------------------------------------------------
+    def _request_payload(self, requests: list[Request]) -> dict[str, Any]:
+        spec, s = self.spec, self.spec.sampling
+        mode = self._resolved.get("sampler", {}).get("value") or _sampler_choice(spec)[0]
+        items = []
+        for r in requests:
+            item: dict[str, Any] = {"prompt_token_ids": list(r.prompt.token_ids)}
+            seed = request_seed(s.seed, r.prompt.id, r.sample)
+            if mode == "native":
+                item["seed"] = seed
+            elif mode == "coupled":
+                item["extra_args"] = coupled_extra_args(s.seed, r.prompt.id, r.sample, s.temperature, s.top_k, s.top_p)
+            items.append(item)
+        params = to_vllm(spec)
+        params.pop("seed", None)
+        return {"requests": items, "params": params}
+
+    def generate(self, requests: list[Request]) -> list[SequenceResult]:
+        s = self.spec.sampling
+        out = self._call("generate", self._request_payload(requests))
+        timings = {"batch_s": round(out["batch_s"], 6), "batch_size": len(requests)}
+        results = []
+        for r, res in zip(requests, out["results"], strict=True):
+            toks, lp, ids = res["token_ids"], res["logprobs"], res["ids"]
+            if len(toks) and not np.array_equal(ids[:, 0], toks):
+                raise RuntimeError(f"vLLM's logprob rows do not follow its tokens for {r.prompt.id}")
+            results.append(
+                SequenceResult(
+                    prompt_id=r.prompt.id,
+                    sample=r.sample,
+                    token_ids=toks,
+                    logprobs=lp[:, 0],
+                    topk_ids=ids[:, 1:],
+                    topk_logprobs=lp[:, 1:],
+                    finish_reason=finish_reason(toks, s.stop_token_ids),
+                    timings={**timings, "vllm_finish_reason": res["finish_reason"]},
+                )
+            )
+        return results
+
+    def generate_bare(self, requests: list[Request]) -> dict[str, Any]:
+        """Benchmarks only: the same LLM.generate call in the worker, outputs unconverted; {"batch_s", "tokens"}."""
+        return self._call("generate_bare", self._request_payload(requests))
+
+    def score(self, requests: list[Request]) -> list[SequenceResult]:
+        """Teacher-forced: vLLM's prompt_logprobs over prompt + continuation (raw, top-K), one batch per call."""
+        k = self.spec.logprobs
+        payload = {
+            "requests": [
+                {"prompt_token_ids": list(r.prompt.token_ids), "continuation": [int(t) for t in r.continuation]}
+                for r in requests
+            ],
+            "params": to_vllm(self.spec.replace(sampling=_greedy(self.spec))),
+        }
+        out = self._call("score", payload)
+        results = []
+        for r, res in zip(requests, out["results"], strict=True):
+            cont = np.asarray([int(t) for t in r.continuation], np.int32)
+            n = len(cont)
+            if res is None:
+                lp, ids = np.zeros((0, k + 1), np.float32), np.zeros((0, k + 1), np.int32)
+            else:
+                lp, ids = res["logprobs"], res["ids"]
+                if not np.array_equal(ids[:, 0], cont):
+                    raise RuntimeError(f"vLLM's prompt logprobs do not line up with the continuation of {r.prompt.id}")
+            results.append(
+                SequenceResult(
+                    prompt_id=r.prompt.id,
+                    sample=r.sample,
+                    token_ids=cont,
+                    logprobs=lp[:, 0] if n else np.zeros(0),
+                    topk_ids=ids[:, 1:] if n else np.zeros((0, k), np.int32),
+                    topk_logprobs=lp[:, 1:] if n else np.zeros((0, k), np.float32),
+                    finish_reason="scored",
+                    timings={"batch_s": round(out["batch_s"], 6), "batch_size": len(requests)},
+                )
+            )
+        return results
+
+
+def _greedy(spec: RunSpec) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(spec.sampling, temperature=0.0, coupled=None)
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    parts = model.split("/")
+    return len(parts) == 2 and all(parts) and not Path(model).exists()

@@ -1,0 +1,57 @@
+"""Shared fixtures: the tiny gpt-oss (built once per session) and real tiny-model runs.
+
+Every test drives real stacks on the tiny model; the runs below are built once and shared, because loading a stack
+costs seconds and CI must stay under 30 minutes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny gpt-oss checkpoint with tokenizer files (built once per test session, about 20 s)."""
+    from rig.tiny import build_tiny_model
+
+    cached = os.environ.get("RIG_TINY_MODEL")
+    if cached and (Path(cached) / "model.safetensors").exists():
+        return Path(cached)
+    out = tmp_path_factory.mktemp("tiny") / "tiny-gpt-oss"
+    build_tiny_model(out)
+    return out
+
+
+def _hf_run(tiny_model: Path, out: Path, dtype: str, max_new_tokens: int = 24) -> Path:
+    from rig import runner
+    from rig.spec import RunSpec, SamplingSpec
+    from rig.suite import load_suite
+
+    spec = RunSpec(stack="hf", model=str(tiny_model), dtype=dtype, sampling=SamplingSpec(max_new_tokens=max_new_tokens))
+    return runner.execute(spec, out, suite=load_suite("default"), telemetry_hz=10.0)
+
+
+@pytest.fixture(scope="session")
+def hf_run_bf16(tiny_model, tmp_path_factory) -> Path:
+    """A complete hf bf16 greedy run of the default suite, 24 tokens per prompt."""
+    return _hf_run(tiny_model, tmp_path_factory.mktemp("runs") / "hf-bf16", "bfloat16")
+
+
+@pytest.fixture(scope="session")
+def hf_run_fp32(tiny_model, tmp_path_factory) -> Path:
+    """The same in float32."""
+    return _hf_run(tiny_model, tmp_path_factory.mktemp("runs") / "hf-fp32", "float32")
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
