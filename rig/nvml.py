@@ -74,7 +74,7 @@ def decode_clock_event_reasons(mask: int) -> list[str]:
 
 
 class TelemetryError(Exception):
-    """Base of the errors raised by this module."""
+    """Base of the errors raised by rig.nvml and rig.telemetry."""
 
 
 class NvmlError(TelemetryError):

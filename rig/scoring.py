@@ -25,11 +25,11 @@ from rig.stats import bootstrap_paired, mcnemar_exact
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _LETTERS = "ABCDEFGHIJ"
 _CHOICE_PATTERNS = (
-    re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*$"),  # the whole answer: "B", "(B)", "B)", "B."
+    re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*$", re.IGNORECASE),  # the whole answer: "B", "(B)", "B)", "b."
     re.compile(r"\banswer\s*(?:is|:)?\s*:?\s*\(?([A-J])\b\)?", re.IGNORECASE),  # "Answer: B", "the answer is (B)"
     re.compile(r"\(([A-J])\)"),  # "(B)" anywhere
     re.compile(r"(?:^|\s)([A-J])\)"),  # "B)" anywhere
-    re.compile(r"^\s*([A-J])\b"),  # leading letter: "B because ..."
+    re.compile(r"^\s*([A-J])[.:]\s"),  # a leading letter with a stop: "B. Because ..."
 )
 
 
@@ -74,7 +74,7 @@ def score_numeric(answer: str, reference: Any) -> bool:
     got = parse_numbers(answer)
     if not ref or not got:
         return False
-    return math.isclose(got[-1], ref[0], rel_tol=0.0, abs_tol=numeric_tolerance(reference)) or got[-1] == ref[0]
+    return math.isclose(got[-1], ref[0], rel_tol=0.0, abs_tol=numeric_tolerance(reference))
 
 
 def score_regex(answer: str, pattern: Any) -> bool:

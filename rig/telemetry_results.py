@@ -16,9 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rig.nvml import _MIB, decode_clock_event_reasons
+
 SCHEMA = 1
 
-# gpu.parquet columns (beyond t_s, gpu_index, uuid, pci_bus_id, phase) and the raw field each comes from
+# gpu.parquet columns (beyond t_s, gpu_index, uuid, pci_bus_id, phase); rig.telemetry fills them from raw NVML fields
 GPU_COLUMNS = (
     "power_mw",
     "energy_mj",
@@ -39,8 +41,28 @@ GPU_COLUMNS = (
 )
 
 
+def columns_from_raw(field: str, raw: Any) -> dict:
+    """The GPU_COLUMNS values one raw NVML reading of `field` fills (memory in MiB, clock event names decoded)."""
+    if field == "power":
+        return {"power_mw": raw}
+    if field == "energy":
+        return {"energy_mj": raw}
+    if field in ("sm_clock", "mem_clock", "temp"):
+        return {{"sm_clock": "sm_clock_mhz", "mem_clock": "mem_clock_mhz", "temp": "temp_c"}[field]: raw}
+    if field == "utilization":
+        return {"gpu_util_pct": raw[0], "mem_util_pct": raw[1]}
+    if field == "memory":
+        return {"mem_used_mib": raw[0] / _MIB, "mem_reserved_mib": None if raw[1] is None else raw[1] / _MIB}
+    if field == "clock_event_reasons":
+        return {"clock_event_reasons": raw, "clock_event_names": decode_clock_event_reasons(raw)}
+    if field in ("pcie_tx", "pcie_rx"):
+        return {f"{field}_kb_s": raw}
+    if field == "ecc_volatile":
+        return {"ecc_volatile_corrected": raw[0], "ecc_volatile_uncorrected": raw[1]}
+    raise KeyError(field)
 
-def phases(marks: list[tuple[float, str, dict]], t_end_s: float) -> list[dict]:
+
+def split_phases(marks: list[tuple[float, str, dict]], t_end_s: float) -> list[dict]:
     """The phases between marks (start_s, end_s, duration_s in s); time before the first mark is "unmarked"."""
     marks = list(marks)
     if not marks or marks[0][0] > 0:
@@ -81,8 +103,7 @@ def device_series(gpu_cols: dict[str, list], devices: list[Any]) -> list[tuple]:
     return out
 
 
-
-def energy_j(series: list[tuple], t0_s: float, t1_s: float) -> list[float | None]:
+def energy_j_by_device(series: list[tuple], t0_s: float, t1_s: float) -> list[float | None]:
     """Energy (J) per device between two times: from the energy counter, else the trapezoid of power."""
     import numpy as np
 
@@ -112,16 +133,14 @@ def summarize(rec: Any, tokens: int | None) -> dict:
         v = [x for x in values if x is not None]
         return round(sum(v), 3) if v else None
 
-    phases, series = phases(rec._marks, rec._t_end_s), device_series(rec._gpu_cols, rec._devices)
+    phases, series = split_phases(rec._marks, rec._t_end_s), device_series(rec._gpu_cols, rec._devices)
     host_t = np.asarray(rec._host_cols["t_s"])
     for ph in phases:
-        per_dev = energy_j(series, ph["start_s"], ph["end_s"])
+        per_dev = energy_j_by_device(series, ph["start_s"], ph["end_s"])
         ph["energy_j"] = total(per_dev) if rec._devices else None
         ph["energy_j_by_gpu"] = [None if e is None else round(e, 3) for e in per_dev]
         ph["mean_power_w"] = (
-            round(ph["energy_j"] / ph["duration_s"], 3)
-            if ph["energy_j"] is not None and ph["duration_s"] > 0
-            else None
+            round(ph["energy_j"] / ph["duration_s"], 3) if ph["energy_j"] is not None and ph["duration_s"] > 0 else None
         )
         ph["j_per_token"] = (
             round(ph["energy_j"] / ph["tokens"], 6) if ph["energy_j"] is not None and ph["tokens"] else None
@@ -130,7 +149,7 @@ def summarize(rec: Any, tokens: int | None) -> dict:
         ph["proc_cpu_pct_mean"] = stat([rec._host_cols["proc_cpu_pct"][i] for i in sel], np.mean)
     hc, gc = rec._host_cols, rec._gpu_cols
     devices = []
-    for dev, e_j in zip(rec._devices, energy_j(series, 0.0, rec._t_end_s), strict=True):
+    for dev, e_j in zip(rec._devices, energy_j_by_device(series, 0.0, rec._t_end_s), strict=True):
         sel = [i for i, g in enumerate(gc["gpu_index"]) if g == dev.info["index"]]
 
         def col(name, sel=sel):
@@ -287,7 +306,6 @@ def write_tables(rec: Any, directory: str | os.PathLike) -> dict[str, Path]:
         name: _write_parquet(table.replace_schema_metadata(meta), out / f"{name}.parquet")
         for name, table in tables.items()
     }
-
 
 
 def _write_parquet(table, path: Path) -> Path:

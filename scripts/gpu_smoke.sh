@@ -28,7 +28,7 @@ command -v nvidia-smi >/dev/null 2>&1 || die "no nvidia-smi on PATH: this script
 nvidia-smi -L || die "nvidia-smi failed: no usable NVIDIA GPU or driver"
 "$PY" - <<'EOF' || die "NVML not usable from Python (see the line above); install nvidia-ml-py"
 import sys
-from rig.telemetry import NvmlBackend, TelemetryError
+from rig.nvml import NvmlBackend, TelemetryError
 try:
     b = NvmlBackend(); b.init(); print("NVML:", b.system_info(), f"{len(b.devices())} device(s)"); b.shutdown()
 except TelemetryError as exc:
@@ -96,7 +96,8 @@ wait "$TRACE_PID"
 step "replay the recorded trace through the sampler"
 "$PY" - "$OUT/nvml_trace.jsonl" <<'EOF'
 import json, sys
-from rig.telemetry import ManualClock, ReplayBackend, TelemetryRecorder
+from rig.nvml import ManualClock, ReplayBackend
+from rig.telemetry import TelemetryRecorder
 clock = ManualClock()
 backend = ReplayBackend(sys.argv[1], clock)
 rec = TelemetryRecorder(rate_hz=10.0, backend=backend, clock=clock, env={})

@@ -1,9 +1,9 @@
 """Telemetry: the sampler's logic on a replayed NVML trace, and the host sampler for real.
 
-No GPU is at hand here, so NVML is replaced by ReplayBackend over tests/data/nvml_trace_synthetic.jsonl, a trace
-built from NVML's field definitions (its header says "synthetic": true; see tests/data/make_synthetic_trace.py for
-the exact powers, so the expected energies below are exact). A ManualClock moves time in lock step with the sampler
-thread, so sample counts are exact whatever the machine's load. scripts/gpu_smoke.sh checks the real NVML path.
+No GPU is at hand here, so NVML is replaced by rig.nvml.ReplayBackend over tests/data/nvml_trace_synthetic.jsonl, a
+trace built from NVML's field definitions (its header says "synthetic": true; see tests/data/make_synthetic_trace.py
+for the exact powers, so the expected energies below are exact). A ManualClock moves time in lock step with the
+sampler thread, so sample counts are exact whatever the machine's load. scripts/gpu_smoke.sh checks the real NVML path.
 """
 
 import importlib.metadata
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rig import telemetry
-from rig.telemetry import (
+from rig import nvml, telemetry
+from rig.nvml import (
     ManualClock,
     NvmlGpuLost,
     NvmlNoPermission,
@@ -24,12 +24,11 @@ from rig.telemetry import (
     NvmlRefused,
     NvmlUnavailable,
     ReplayBackend,
-    TelemetryRecorder,
     decode_clock_event_reasons,
-    load_telemetry,
     nvml_error,
     record_trace,
 )
+from rig.telemetry import TelemetryRecorder, load_telemetry
 
 TRACE = Path(__file__).parent / "data" / "nvml_trace_synthetic.jsonl"
 
@@ -76,7 +75,7 @@ def test_trace_is_labelled_synthetic():
 
 
 def test_import_pulls_in_neither_torch_nor_pynvml():
-    code = "import sys, rig.telemetry, rig.envinfo; print('torch' in sys.modules, 'pynvml' in sys.modules)"
+    code = "import sys, rig.nvml, rig.telemetry, rig.envinfo; print('torch' in sys.modules, 'pynvml' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -290,7 +289,7 @@ def test_nvml_errors_map_to_typed_errors():
     assert isinstance(nvml_error("NVMLError_GpuIsLost"), NvmlGpuLost)
     assert isinstance(nvml_error("NVMLError_LibraryNotFound"), NvmlUnavailable)
     err = nvml_error("NVMLError_Timeout", "slow")
-    assert type(err) is telemetry.NvmlError and err.nvml_name == "NVMLError_Timeout" and "slow" in str(err)
+    assert type(err) is nvml.NvmlError and err.nvml_name == "NVMLError_Timeout" and "slow" in str(err)
 
 
 def test_lost_gpu_stops_that_device(tmp_path):
@@ -317,9 +316,9 @@ def test_lost_gpu_stops_that_device(tmp_path):
 def test_no_nvml_here_falls_back_to_host_only():
     try:
         importlib.metadata.distribution("nvidia-ml-py")
-        telemetry.NvmlBackend().init()
+        nvml.NvmlBackend().init()
         pytest.skip("NVML works on this machine")
-    except (telemetry.NvmlError, NvmlRefused, importlib.metadata.PackageNotFoundError):
+    except (nvml.NvmlError, NvmlRefused, importlib.metadata.PackageNotFoundError):
         pass
     rec = TelemetryRecorder(rate_hz=20.0, gpu=True)
     rec.start()
@@ -341,7 +340,7 @@ def test_the_unofficial_pynvml_distribution_is_refused(monkeypatch):
         pytest.skip("no pynvml module installed")
     monkeypatch.setattr(importlib.metadata, "distribution", without_nvidia_ml_py)
     with pytest.raises(NvmlRefused, match="nvidia-ml-py"):
-        telemetry.check_pynvml_distribution()
+        nvml.check_pynvml_distribution()
     s = TelemetryRecorder(rate_hz=20.0).start().stop()
     assert s["gpu"]["status"] == "refused" and "nvidia-ml-py" in s["gpu"]["reason"]
 
