@@ -31,6 +31,7 @@ from rig.stats import mean_by_position, token_metrics
 TAU = 0.1  # nats; both margins below it make a near-tie flip
 SPECIAL_MIN = 199998  # harmony's special tokens have IDs >= this
 CHANNEL, START, END, MESSAGE, RETURN, CALL = 200005, 200006, 200007, 200008, 200002, 200012
+ANALYSIS_TOKEN, FINAL_TOKEN = 35644, 17196  # the o200k_harmony tokens "analysis" and "final" (pinned by a test)
 CHANNELS = ("other", "analysis", "final")
 CLASSES = ("identical", "near_tie", "confident", "prefix", "unclassified")
 
@@ -74,47 +75,78 @@ class RunData:
 
 
 def load_run(path: str | Path, progress: Callable[[int, int], None] | None = None) -> RunData:
-    """Reads a run directory into a RunData; progress(done_parts, total_parts) is called after each part."""
+    """Reads a run directory into a RunData; progress(done_parts, total_parts) is called after each part.
+
+    Each Parquet part is decoded once (single-threaded when pyarrow is set so) and copied once into preallocated
+    arrays; prompt_id is read dictionary-encoded and mapped to the prompt's index in prompts.jsonl.
+    """
     reader = RunReader(path)
     k = reader.k
     prompt_ids = list(reader.prompts)
     pindex = {p: i for i, p in enumerate(prompt_ids)}
     expected = token_schema(k)
-    parts = reader.part_paths()
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in ("pidx", "sample", "pos", "token_id", "logprob", "ids", "lps")}
-    for i, part in enumerate(parts):
-        pf = pq.ParquetFile(part, read_dictionary=["prompt_id"])
+    files = [pq.ParquetFile(part, read_dictionary=["prompt_id"]) for part in reader.part_paths()]
+    for part, pf in zip(reader.part_paths(), files, strict=True):
         schema = pf.schema_arrow
-        fields = [schema.field(j) for j in range(len(schema))]
-        if len(fields) != len(expected) or any(
-            f.name != e.name or (f.type != e.type and f.name != "prompt_id") for f, e in zip(fields, expected, strict=False)
+        if len(schema) != len(expected) or any(
+            f.name != e.name or not _same_type(f.type, e.type) for f, e in zip(schema, expected, strict=True)
         ):
             raise RunError(f"{part}: schema differs from the tokens/ schema for K={k}")
+    n = sum(pf.metadata.num_rows for pf in files)
+    c = {
+        "pidx": np.empty(n, np.int64),
+        "sample": np.empty(n, np.int32),
+        "pos": np.empty(n, np.int32),
+        "token_id": np.empty(n, np.int32),
+        "logprob": np.empty(n, np.float32),
+        "ids": np.empty((n, k), np.int32),
+        "lps": np.empty((n, k), np.float32),
+    }
+    at = 0
+    for i, (part, pf) in enumerate(zip(reader.part_paths(), files, strict=True)):
         t = pf.read(use_threads=False)
-        pid = t.column("prompt_id").combine_chunks()
-        if not pa.types.is_dictionary(pid.type):
-            pid = pid.dictionary_encode()
-        names = pid.dictionary.to_pylist()
-        lookup = np.array([pindex.get(n, -1) for n in names], dtype=np.int64)
-        if (lookup < 0).any():
-            bad = names[int(np.argmax(lookup < 0))]
-            raise RunError(f"{part}: field 'prompt_id' {bad!r} is not in prompts.jsonl")
-        cols["pidx"].append(lookup[pid.indices.to_numpy(zero_copy_only=False)] if len(lookup) else np.zeros(0, np.int64))
-        for name, key in (("sample", "sample"), ("pos", "pos"), ("token_id", "token_id"), ("logprob", "logprob")):
-            cols[key].append(t.column(name).to_numpy())
-        for name, key in (("topk_ids", "ids"), ("topk_logprobs", "lps")):
-            arr = t.column(name).combine_chunks()
-            cols[key].append(arr.flatten().to_numpy().reshape(len(t), k))
+        m = len(t)
+        for chunk in t.column("prompt_id").chunks:
+            if not pa.types.is_dictionary(chunk.type):
+                chunk = chunk.dictionary_encode()
+            names = chunk.dictionary.to_pylist()
+            lookup = np.array([pindex.get(x, -1) for x in names], dtype=np.int64)
+            if (lookup < 0).any():
+                bad = names[int(np.argmax(lookup < 0))]
+                raise RunError(f"{part}: field 'prompt_id' {bad!r} is not in prompts.jsonl")
+            c["pidx"][at : at + len(chunk)] = lookup[chunk.indices.to_numpy(zero_copy_only=False)] if len(names) else 0
+            at += len(chunk)
+        start = at - m
+        for name in ("sample", "pos", "token_id", "logprob"):
+            _copy_column(t.column(name), c[name], start)
+        _copy_column(t.column("topk_ids"), c["ids"], start, k)
+        _copy_column(t.column("topk_logprobs"), c["lps"], start, k)
         if progress:
-            progress(i + 1, len(parts))
-    cat = {c: np.concatenate(v) if v else np.zeros(0) for c, v in cols.items()}
-    if not parts:
-        cat["ids"], cat["lps"] = np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
-    return _assemble(reader, prompt_ids, cat)
+            progress(i + 1, len(files))
+    return _assemble(reader, prompt_ids, c)
+
+
+def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
+    """Type equality ignoring field nullability and dictionary encoding (prompt_id is read dictionary-encoded)."""
+    if pa.types.is_dictionary(got):
+        got = got.value_type
+    if pa.types.is_fixed_size_list(got) and pa.types.is_fixed_size_list(want):
+        return got.list_size == want.list_size and got.value_type == want.value_type
+    return got == want
+
+
+def _copy_column(col: pa.ChunkedArray, out: np.ndarray, start: int, k: int | None = None) -> None:
+    """Copies an Arrow column (primitive, or fixed-size lists of width k) into out[start:...]."""
+    for chunk in col.chunks:
+        m = len(chunk)
+        values = chunk.flatten() if k is not None else chunk
+        arr = values.to_numpy(zero_copy_only=False)
+        out[start : start + m] = arr.reshape(m, k) if k is not None else arr
+        start += m
 
 
 def _assemble(reader: RunReader, prompt_ids: list[str], c: dict[str, np.ndarray]) -> RunData:
-    pidx, sample, pos = (c[k].astype(np.int64) for k in ("pidx", "sample", "pos"))
+    pidx, sample, pos = (c[k].astype(np.int64, copy=False) for k in ("pidx", "sample", "pos"))
     n = len(pidx)
     n_samples = int(sample.max()) + 1 if n else 1
     width = int(pos.max()) + 1 if n else 1
@@ -168,10 +200,10 @@ def check_prompts(a: RunReader, b: RunReader, *, force: bool = False) -> tuple[l
             why = f"is missing from {a.path}"
         else:
             why = f"has different token IDs (sha256 {pa_[pid]['sha256'][:12]} vs {pb_[pid]['sha256'][:12]})"
-        raise UserError(
-            f"runs are not comparable: prompt {pid!r} {why} ({len(dropped)} prompt(s) differ); "
-            f"--force compares the {len(common)} identical prompt(s)"
-        )
+        hint = f"--force compares the {len(common)} identical prompt(s)" if common else "no prompt is identical"
+        raise UserError(f"runs are not comparable: prompt {pid!r} {why} ({len(dropped)} prompt(s) differ); {hint}")
+    if not common:
+        raise UserError(f"runs are not comparable: {a.path} and {b.path} share no prompt with identical token IDs")
     return common, dropped
 
 
@@ -192,7 +224,9 @@ def _match_sequences(a: RunData, b: RunData, common: list[str]) -> tuple[np.ndar
 
 def _gather(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """arr[idx], without the copy when idx is the identity permutation (the common case for aligned runs)."""
-    if len(idx) == len(arr) and (len(idx) == 0 or (idx[0] == 0 and idx[-1] == len(arr) - 1 and (np.diff(idx) > 0).all())):
+    if len(idx) == len(arr) and (
+        len(idx) == 0 or (idx[0] == 0 and idx[-1] == len(arr) - 1 and (np.diff(idx) > 0).all())
+    ):
         return arr
     return arr[idx]
 
@@ -238,21 +272,8 @@ def channel_labels(tok: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     start = np.maximum.accumulate(np.where(tok == START, idx, -1))[m]
     ok = (chan >= seq_start[body]) & (chan > start)
     names = np.where(ok, tok[np.minimum(np.maximum(chan, 0) + 1, n - 1)], -1)
-    uniq = np.unique(names[names >= 0])
-    code = {int(t): _channel_code(int(t)) for t in uniq}
-    lut_keys = np.array(list(code), dtype=np.int64)
-    lut_vals = np.array(list(code.values()), dtype=np.int8)
-    pos = np.searchsorted(lut_keys, names)
-    hit = (names >= 0) & (pos < len(lut_keys))
-    out[body[hit]] = lut_vals[np.minimum(pos[hit], len(lut_vals) - 1)]
+    out[body] = np.where(names == ANALYSIS_TOKEN, 1, np.where(names == FINAL_TOKEN, 2, 0))
     return out
-
-
-def _channel_code(token: int) -> int:
-    from rig.suite import decode
-
-    name = decode([token]).strip()
-    return {"analysis": 1, "final": 2}.get(name, 0)
 
 
 # ---- the pair diff -----------------------------------------------------------------------------------------------
@@ -288,8 +309,13 @@ def diff_runs(
     scored: RunData | None = None,
     n_context: int = 8,
     decode_context: bool = True,
+    prefix_metrics: str = "auto",
 ) -> PairDiff:
-    """Aligns B to A and computes the per-sequence divergence columns and the teacher-forced metrics (nats)."""
+    """Aligns B to A and computes the per-sequence divergence columns and the teacher-forced metrics (nats).
+
+    prefix_metrics: "full" (delta statistics, top-1 agreement and KL on the common prefix), "delta" (delta statistics
+    only), "none", or "auto" (full without a scored run, delta with one, since the scored run's numbers count then).
+    """
     common, dropped = check_prompts(a.reader, b.reader, force=force)
     ia, ib = _match_sequences(a, b, common)
     sa, sb = a.offsets[ia], b.offsets[ib]
@@ -327,17 +353,39 @@ def diff_runs(
     special = (tok_a >= SPECIAL_MIN) | (tok_b >= SPECIAL_MIN)
     categories = np.array([a.reader.prompts[a.prompt_ids[p]].get("category") or "none" for p in a.seq_prompt[ia]])
     seq = {
-        "ia": ia, "ib": ib, "prompt": a.seq_prompt[ia], "sample": a.seq_sample[ia], "len_a": la, "len_b": lb,
-        "d": d, "token_a": tok_a, "token_b": tok_b, "margin_a": margin_a, "margin_b": margin_b, "cls": cls,
-        "vllm_rule": vllm, "channel": np.where(div, chan, -1), "special": special, "category": categories,
+        "ia": ia,
+        "ib": ib,
+        "prompt": a.seq_prompt[ia],
+        "sample": a.seq_sample[ia],
+        "len_a": la,
+        "len_b": lb,
+        "d": d,
+        "token_a": tok_a,
+        "token_b": tok_b,
+        "margin_a": margin_a,
+        "margin_b": margin_b,
+        "cls": cls,
+        "vllm_rule": vllm,
+        "channel": np.where(div, chan, -1),
+        "special": special,
+        "category": categories,
     }
     # teacher-forced on the common prefix: positions before d (all positions of identical sequences)
-    n_pre = np.where(div, d, la)
-    pre_a, pre_pos = _segments(sa, n_pre)
-    pre_b, _ = _segments(sb, n_pre)
-    prefix = _teacher(a, b, pre_a, pre_b, pre_pos, source="prefix")
+    mode = ("delta" if scored is not None else "full") if prefix_metrics == "auto" else prefix_metrics
+    prefix: dict[str, Any] = {"source": "prefix", "n_positions": None}
+    if mode != "none":
+        n_pre = np.where(div, d, la)
+        pre_a, pre_pos = _segments(sa, n_pre)
+        pre_b, _ = _segments(sb, n_pre)
+        prefix = _teacher(a, b, pre_a, pre_b, pre_pos, source="prefix", lists=mode == "full")
     pair = PairDiff(
-        a=a, b=b, tau=tau, common=common, dropped=dropped, seq=seq, prefix=prefix,
+        a=a,
+        b=b,
+        tau=tau,
+        common=common,
+        dropped=dropped,
+        seq=seq,
+        prefix=prefix,
         unmatched={"a": len(a.offsets) - 1 - len(ia), "b": len(b.offsets) - 1 - len(ib)},
     )
     if scored is not None:
@@ -363,14 +411,18 @@ def _in_topk(topk_ids: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> np.n
     return (topk_ids[rows] == tokens[:, None]).any(axis=1)
 
 
-def _teacher(a: RunData, b: RunData, rows_a: np.ndarray, rows_b: np.ndarray, pos: np.ndarray, source: str) -> dict:
-    ga = lambda arr: _gather(arr, rows_a)  # noqa: E731
-    gb = lambda arr: _gather(arr, rows_b)  # noqa: E731
-    lp_a, lp_b = ga(a.logprob), gb(b.logprob)
-    same_k = a.k == b.k
-    metrics = token_metrics(
-        lp_a, lp_b, ga(a.topk_ids), ga(a.topk_logprobs) if same_k else None, gb(b.topk_ids), gb(b.topk_logprobs)
-    )
+def _teacher(
+    a: RunData, b: RunData, rows_a: np.ndarray, rows_b: np.ndarray, pos: np.ndarray, source: str, lists: bool = True
+) -> dict[str, Any]:
+    """token_metrics over aligned rows (lists=False: delta statistics only) plus mean |delta| by position."""
+    lp_a, lp_b = _gather(a.logprob, rows_a), _gather(b.logprob, rows_b)
+    k = min(a.k, b.k)  # lists of different K are compared over their common top-k (the rest joins the tail)
+    if lists and k:
+        ta, tb = (_gather(x if a.k == k else x[:, :k], rows_a) for x in (a.topk_ids, a.topk_logprobs))
+        ua, ub = (_gather(x if b.k == k else x[:, :k], rows_b) for x in (b.topk_ids, b.topk_logprobs))
+        metrics = token_metrics(lp_a, lp_b, ta, tb, ua, ub)
+    else:
+        metrics = token_metrics(lp_a, lp_b)
     p, mad = mean_by_position(pos, np.abs(lp_b.astype(np.float64) - lp_a))
     metrics["source"] = source
     metrics["by_position"] = {"pos": p.tolist(), "mean_abs_delta": [round(float(x), 8) for x in mad]}
@@ -385,7 +437,8 @@ def teacher_from_scored(a: RunData, s: RunData, common: list[str] | None = None)
     if s.manifest.get("kind") != "score":
         raise UserError(f"{s.path}: not a scored run (manifest 'kind' is {s.manifest.get('kind')!r}, not 'score')")
     common_s, _ = check_prompts(a.reader, s.reader, force=True)
-    common = [p for p in (common or common_s) if p in set(common_s)]
+    in_s = set(common_s)
+    common = [p for p in (common or common_s) if p in in_s]
     ia, i_s = _match_sequences(a, s, common)
     la, ls = a.lengths[ia], s.lengths[i_s]
     rows_a, pos = _segments(a.offsets[ia], la)
@@ -416,9 +469,11 @@ def _contexts(a: RunData, b: RunData, seq: dict[str, np.ndarray], n: int) -> lis
         d = int(seq["d"][i])
         sa, sb = a.offsets[seq["ia"][i]], b.offsets[seq["ib"][i]]
         la, lb = int(seq["len_a"][i]), int(seq["len_b"][i])
-        out.append({
-            "before": decode(a.token_id[sa + max(0, d - n): sa + d]),
-            "a": decode(a.token_id[sa + d: sa + min(la, d + n)]),
-            "b": decode(b.token_id[sb + d: sb + min(lb, d + n)]),
-        })
+        out.append(
+            {
+                "before": decode(a.token_id[sa + max(0, d - n) : sa + d]),
+                "a": decode(a.token_id[sa + d : sa + min(la, d + n)]),
+                "b": decode(b.token_id[sb + d : sb + min(lb, d + n)]),
+            }
+        )
     return out

@@ -28,6 +28,7 @@ MANIFEST = "manifest.json"
 PROMPTS = "prompts.jsonl"
 COMPLETIONS = "completions.jsonl"
 TOKENS_DIR = "tokens"
+PARQUET_COMPRESSION = "lz4"
 REQUIRED_MANIFEST = ("schema_version", "kind", "status", "spec", "spec_hash", "suite", "counts")
 
 
@@ -41,15 +42,16 @@ def now_iso() -> str:
 
 def token_schema(k: int) -> pa.Schema:
     """The tokens/ Parquet schema for top-K = k (fixed-size lists keep the reader vectorized)."""
+    # Non-nullable fields spare Parquet the definition levels, which halves the decode time of the top-K lists.
     return pa.schema(
         [
-            ("prompt_id", pa.string()),
-            ("sample", pa.int32()),
-            ("pos", pa.int32()),
-            ("token_id", pa.int32()),
-            ("logprob", pa.float32()),
-            ("topk_ids", pa.list_(pa.int32(), k)),
-            ("topk_logprobs", pa.list_(pa.float32(), k)),
+            pa.field("prompt_id", pa.string(), nullable=False),
+            pa.field("sample", pa.int32(), nullable=False),
+            pa.field("pos", pa.int32(), nullable=False),
+            pa.field("token_id", pa.int32(), nullable=False),
+            pa.field("logprob", pa.float32(), nullable=False),
+            pa.field("topk_ids", pa.list_(pa.field("item", pa.int32(), nullable=False), k), nullable=False),
+            pa.field("topk_logprobs", pa.list_(pa.field("item", pa.float32(), nullable=False), k), nullable=False),
         ]
     )
 
@@ -81,7 +83,15 @@ def atomic_write_table(path: Path, table: pa.Table) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        # Measured for the diff's load time (docs/performance.md): lz4 decodes faster than zstd, byte-stream-split
+        # floats decode faster than plain ones and compress better, and only prompt_id gains from a dictionary.
+        pq.write_table(
+            table,
+            tmp,
+            compression=PARQUET_COMPRESSION,
+            use_dictionary=["prompt_id"],
+            column_encoding={"logprob": "BYTE_STREAM_SPLIT", "topk_logprobs": "BYTE_STREAM_SPLIT"},
+        )
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -342,6 +352,8 @@ class RunReader:
     def tokens(self) -> pa.Table:
         """All token rows, sorted by (prompt order, sample, pos), schema-checked against the manifest's K."""
         if self._tokens is None:
+            import pyarrow.compute as pc
+
             expected = token_schema(self.k)
             tables = []
             for part in self.part_paths():
@@ -350,12 +362,13 @@ class RunReader:
                     raise RunError(f"{part}: schema differs from the tokens/ schema for K={self.k}")
                 tables.append(t)
             table = pa.concat_tables(tables) if tables else expected.empty_table()
-            order = {pid: i for i, pid in enumerate(self.prompts)}
-            pidx = np.array([order.get(p, -1) for p in table.column("prompt_id").to_pylist()], dtype=np.int64)
-            if len(pidx) and (pidx < 0).any():
-                bad = table.column("prompt_id")[int(np.argmax(pidx < 0))].as_py()
-                raise RunError(f"{self.path / TOKENS_DIR}: field 'prompt_id' {bad!r} is not in {PROMPTS}")
-            key = np.lexsort((table.column("pos").to_numpy(), table.column("sample").to_numpy(), pidx))
+            pidx = pc.index_in(table.column("prompt_id"), value_set=pa.array(list(self.prompts), pa.string()))
+            if pidx.null_count:
+                bad = table.column("prompt_id")[int(np.argmax(pidx.is_null().to_numpy(zero_copy_only=False)))]
+                raise RunError(f"{self.path / TOKENS_DIR}: field 'prompt_id' {bad.as_py()!r} is not in {PROMPTS}")
+            key = np.lexsort(
+                (table.column("pos").to_numpy(), table.column("sample").to_numpy(), pidx.to_numpy(zero_copy_only=False))
+            )
             self._tokens = table.take(pa.array(key))
         return self._tokens
 
@@ -371,14 +384,15 @@ class RunReader:
 
     def sequences(self) -> dict[tuple[str, int], np.ndarray]:
         """(prompt id, sample) -> generated token IDs."""
+        import pyarrow.compute as pc
+
         t = self.tokens()
-        pids = t.column("prompt_id").to_pylist()
+        if t.num_rows == 0:
+            return {}
+        names = list(self.prompts)
+        pidx = pc.index_in(t.column("prompt_id"), value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
         samples = t.column("sample").to_numpy()
         ids = t.column("token_id").to_numpy()
-        out: dict[tuple[str, int], list[int]] = {}
-        starts = [0] + [i for i in range(1, len(pids)) if pids[i] != pids[i - 1] or samples[i] != samples[i - 1]]
-        bounds = [*starts, len(pids)]
-        for a, b in zip(bounds[:-1], bounds[1:], strict=False):
-            if a < b:
-                out[(pids[a], int(samples[a]))] = ids[a:b]
-        return out
+        code = pidx.astype(np.int64) * (int(samples.max()) + 1) + samples
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(code)) + 1, [len(code)]])
+        return {(names[pidx[a]], int(samples[a])): ids[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)}

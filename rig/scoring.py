@@ -26,7 +26,8 @@ _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _LETTERS = "ABCDEFGHIJ"
 _CHOICE_PATTERNS = (
     re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*$", re.IGNORECASE),  # the whole answer: "B", "(B)", "B)", "b."
-    re.compile(r"\banswer\s*(?:is|:)?\s*:?\s*\(?([A-J])\b\)?", re.IGNORECASE),  # "Answer: B", "the answer is (B)"
+    re.compile(r"(?i:\banswer)(?:\s+(?i:is))?\s*:?\s*\(?([A-J])\b"),  # "Answer: B", "the answer is (B)"
+    re.compile(r"(?i:\banswer(?:\s+is)?\s*:?\s*\(?([a-j])\)?\s*[.)]?\s*$)"),  # "answer: c" at the very end
     re.compile(r"\(([A-J])\)"),  # "(B)" anywhere
     re.compile(r"(?:^|\s)([A-J])\)"),  # "B)" anywhere
     re.compile(r"^\s*([A-J])[.:]\s"),  # a leading letter with a stop: "B. Because ..."

@@ -25,43 +25,50 @@ FLOOR_ALPHA = 0.05  # a rate clears the floor when the one-sided two-proportion 
 # ---- teacher-forced metrics over aligned rows -------------------------------------------------------------------
 
 
+def _match(ids_a: np.ndarray, ids_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(same column mask, flat indices of the other entries, whether each is in B's row, its column there)."""
+    k = ids_a.shape[1]
+    same = ids_a == ids_b
+    miss = np.flatnonzero(~same.reshape(-1))
+    if not len(miss):
+        return same, miss, np.zeros(0, bool), np.zeros(0, np.int64)
+    cmp = ids_b[miss // k] == ids_a.reshape(-1)[miss][:, None]
+    return same, miss, cmp.any(axis=1), cmp.argmax(axis=1)
+
+
 def match_lists(ids_a: np.ndarray, ids_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Membership of each row's top-K ids in the other row's list.
 
     Returns (in_b, j_b, in_a): in_b[i, k] whether ids_a[i, k] is in ids_b[i]; j_b[i, k] its column there (0 where
     absent); in_a[i, j] whether ids_b[i, j] is in ids_a[i]. Rows whose lists agree column by column (the common case)
-    cost one comparison; the rest are compared element by element against the whole other row.
+    cost one comparison; the other entries are compared against the whole other row.
     """
     n, k = ids_a.shape
-    in_b = ids_a == ids_b
+    same, miss, hit, col = _match(ids_a, ids_b)
+    in_b, in_a = same.copy(), same.copy()
     j_b = np.broadcast_to(np.arange(k), (n, k)).copy()
-    in_a = in_b.copy()
-    miss = np.flatnonzero(~in_b.reshape(-1))
-    if len(miss):
-        rows = miss // k
-        cmp = ids_b[rows] == ids_a.reshape(-1)[miss][:, None]
-        hit = cmp.any(axis=1)
-        col = cmp.argmax(axis=1)
-        in_b.reshape(-1)[miss] = hit
-        j_b.reshape(-1)[miss] = np.where(hit, col, 0)
-        in_a[rows[hit], col[hit]] = True
+    in_b.reshape(-1)[miss] = hit
+    j_b.reshape(-1)[miss] = np.where(hit, col, 0)
+    in_a[miss[hit] // k, col[hit]] = True
     return in_b, j_b, in_a
 
 
-def kl_topk(ids_a: np.ndarray, lps_a: np.ndarray, ids_b: np.ndarray, lps_b: np.ndarray, eps: float = TAIL_EPS) -> np.ndarray:
+def kl_topk(
+    ids_a: np.ndarray, lps_a: np.ndarray, ids_b: np.ndarray, lps_b: np.ndarray, eps: float = TAIL_EPS
+) -> np.ndarray:
     """KL(A||B) per row (nats) over the union of the two top-K lists plus one tail bucket (docs/metrics.md, "KL").
 
     For each side X: listed probabilities q = exp(lps), tail T = max(1 - sum q, eps). A union token missing from X's
-    list gets e = min(smallest listed q, T / (m + 1)), m being how many union tokens X lacks; the tail bucket keeps
-    R = T - m * e. Both vectors are divided by their sums (sum q + T) and KL is sum P_A (log P_A - log P_B).
-    Log-probabilities are clamped at -700 so that -inf entries stay finite. Rows are processed in chunks.
-    Pinned by tests/test_stats.py::test_kl_known_values.
+    list gets e = min(q_K, T / (m + 1)), q_K being its K-th (last listed) probability and m how many union tokens X
+    lacks; the tail bucket keeps R = T - m * e. Both vectors are divided by their sums Z = sum q + T and
+    KL = sum P_A (log P_A - log P_B). Float64 throughout; log-probabilities are clamped at -700 so that -inf entries
+    stay finite. Rows are processed in chunks. Pinned by tests/test_stats.py::test_kl_known_values.
     """
     n, k = ids_a.shape
     if k == 0:
         return np.full(n, np.nan)
     out = np.empty(n)
-    step = 1 << 16
+    step = 1 << 15
     for s in range(0, n, step):
         sl = slice(s, min(n, s + step))
         out[sl] = _kl_chunk(ids_a[sl], lps_a[sl], ids_b[sl], lps_b[sl], eps)
@@ -69,30 +76,39 @@ def kl_topk(ids_a: np.ndarray, lps_a: np.ndarray, ids_b: np.ndarray, lps_b: np.n
 
 
 def _kl_chunk(ids_a: np.ndarray, lps_a: np.ndarray, ids_b: np.ndarray, lps_b: np.ndarray, eps: float) -> np.ndarray:
-    k = ids_a.shape[1]
-    la = np.maximum(lps_a.astype(np.float64), -700.0)
-    lb = np.maximum(lps_b.astype(np.float64), -700.0)
+    n, k = ids_a.shape
+    la, lb = lps_a.astype(np.float64), lps_b.astype(np.float64)
+    if la.min(initial=0.0) < -700.0 or lb.min(initial=0.0) < -700.0:
+        la, lb = np.maximum(la, -700.0), np.maximum(lb, -700.0)
     qa, qb = np.exp(la), np.exp(lb)
-    in_b, j_b, in_a = match_lists(ids_a, ids_b)
-    m_a = k - in_a.sum(axis=1)  # union tokens A lacks (entries of B's list not in A's)
-    m_b = k - in_b.sum(axis=1)
-    sa, sb = qa.sum(axis=1), qb.sum(axis=1)
+    ones = np.ones(k)
+    sa, sb = qa @ ones, qb @ ones
+    same, miss, hit, col = _match(ids_a, ids_b)
+    rows = miss // k
+    # both lists hold k distinct tokens, so each side lacks as many union tokens as the other: m = k - |A and B|
+    m = np.bincount(rows[~hit], minlength=n)
     ta, tb = np.maximum(1.0 - sa, eps), np.maximum(1.0 - sb, eps)
-    ea = np.minimum(qa.min(axis=1), ta / (m_a + 1))
-    eb = np.minimum(qb.min(axis=1), tb / (m_b + 1))
-    ra, rb = ta - m_a * ea, tb - m_b * eb
-    log_za, log_zb = np.log(sa + ta), np.log(sb + tb)
-    # A's listed tokens: B's log-probability from its list, else log of B's estimate e_b
-    pa_log = la - log_za[:, None]
-    pb_log = np.where(in_b, np.take_along_axis(lb, j_b, axis=1), np.log(eb)[:, None]) - log_zb[:, None]
-    kl = (np.exp(pa_log) * (pa_log - pb_log)).sum(axis=1)
-    # B's listed tokens that A lacks: A's probability is its estimate e_a
-    pa_e_log = np.log(ea) - log_za
-    extra = np.where(in_a, 0.0, pa_e_log[:, None] - (lb - log_zb[:, None])).sum(axis=1)
-    kl += np.exp(pa_e_log) * extra
+    ea = np.minimum(qa[:, -1], ta / (m + 1))  # the K-th (last listed, smallest) probability caps the estimate
+    eb = np.minimum(qb[:, -1], tb / (m + 1))
+    ra, rb = ta - m * ea, tb - m * eb
+    za, zb = sa + ta, sb + tb
+    c = np.log(zb) - np.log(za)  # log P_A - log P_B = (log q_A - log q_B) + c
+    # A's listed tokens, first as if B's list matched column by column, then corrected where it does not:
+    # there B's log-probability is the matching entry's, or log e_B when the token is not in B's list
+    kl = np.einsum("ij,ij->i", qa, la - lb)
+    if len(miss):
+        flat = miss % k
+        lb_at = np.where(hit, lb[rows, col], np.log(eb[rows]))
+        kl += np.bincount(rows, weights=qa[rows, flat] * (lb[rows, flat] - lb_at), minlength=n)
+        # B's listed tokens that A lacks (e_A each): the miss positions of B's row that no A entry matched
+        matched = np.zeros(n * k, bool)
+        matched[rows[hit] * k + col[hit]] = True
+        lone = miss[~matched[miss]]
+        lb_lone = np.bincount(lone // k, weights=lb.reshape(-1)[lone], minlength=n)
+        kl += np.where(m > 0, ea * (m * (np.log(ea) + c) - lb_lone), 0.0)
+    kl = (kl + sa * c) / za
     # the tail bucket
-    ra_log, rb_log = np.log(ra) - log_za, np.log(rb) - log_zb
-    kl += np.exp(ra_log) * (ra_log - rb_log)
+    kl += (ra / za) * (np.log(ra) - np.log(rb) + c)
     return kl
 
 
@@ -112,8 +128,18 @@ def token_metrics(
     """
     n = len(lp_a)
     out: dict[str, Any] = dict.fromkeys(
-        ("mean_delta", "mean_abs_delta", "p99_abs_delta", "max_abs_delta", "exp_mean_abs_delta", "top1_agreement",
-         "top1_disagreements", "mean_kl", "p99_kl", "max_kl"),
+        (
+            "mean_delta",
+            "mean_abs_delta",
+            "p99_abs_delta",
+            "max_abs_delta",
+            "exp_mean_abs_delta",
+            "top1_agreement",
+            "top1_disagreements",
+            "mean_kl",
+            "p99_kl",
+            "max_kl",
+        ),
     )
     out["n_positions"] = int(n)
     if n == 0:
@@ -207,12 +233,19 @@ def clears_rate(x: int, n: int, x_floor: int, n_floor: int, alpha: float = FLOOR
     clears is None where either side has no data. Pinned by tests/test_diff.py::test_floor_marking.
     """
     p = two_proportion_p(x, n, x_floor, n_floor)
-    return {"clears": None if p is None else bool(p < alpha), "p": p, "rule": f"two-proportion z, one-sided p < {alpha}"}
+    return {
+        "clears": None if p is None else bool(p < alpha),
+        "p": p,
+        "rule": f"two-proportion z, one-sided p < {alpha}",
+    }
 
 
 def clears_value(value: float | None, floor: float | None) -> dict[str, Any]:
     """Whether a value metric (bigger is worse, nats) clears the floor: value > FLOOR_FACTOR * floor + FLOOR_ABS."""
     if value is None or floor is None or (isinstance(value, float) and math.isnan(value)):
         return {"clears": None, "p": None, "rule": f"> {FLOOR_FACTOR:g} x floor + {FLOOR_ABS:g}"}
-    return {"clears": bool(value > FLOOR_FACTOR * floor + FLOOR_ABS), "p": None,
-            "rule": f"> {FLOOR_FACTOR:g} x floor + {FLOOR_ABS:g}"}
+    return {
+        "clears": bool(value > FLOOR_FACTOR * floor + FLOOR_ABS),
+        "p": None,
+        "rule": f"> {FLOOR_FACTOR:g} x floor + {FLOOR_ABS:g}",
+    }

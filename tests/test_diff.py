@@ -49,18 +49,42 @@ def seq(pid, tokens, *, sample=0, ids=None, lps=None, logprobs=None, margins=Non
     return SequenceResult(pid, sample, tokens, logprobs, ids, lps, "length")
 
 
-def write_run(path: Path, prompts: list[Prompt], results: list[SequenceResult], *, k: int = K, kind: str = "generate",
-              spec: RunSpec | None = None, completions: list[dict] | None = None, **extra) -> Path:
+def write_run(
+    path: Path,
+    prompts: list[Prompt],
+    results: list[SequenceResult],
+    *,
+    k: int = K,
+    kind: str = "generate",
+    spec: RunSpec | None = None,
+    completions: list[dict] | None = None,
+    **extra,
+) -> Path:
     """A complete run directory through the real RunWriter (one part)."""
     spec = spec or RunSpec(model="x", logprobs=k)
-    manifest = {"kind": kind, "spec": spec.to_dict(), "spec_hash": spec.hash(),
-                "suite": {"name": "t", "hash": "h", "n_prompts": len(prompts)},
-                "stack": {"stack": spec.stack, "resolved": {}}, "parts_plan": {"0": len(results)}, **extra}
+    manifest = {
+        "kind": kind,
+        "spec": spec.to_dict(),
+        "spec_hash": spec.hash(),
+        "suite": {"name": "t", "hash": "h", "n_prompts": len(prompts)},
+        "stack": {"stack": spec.stack, "resolved": {}},
+        "parts_plan": {"0": len(results)},
+        **extra,
+    }
     w = RunWriter(path)
     w.create(manifest, prompts)
     comps = completions or [
-        {"prompt_id": r.prompt_id, "sample": r.sample, "finish_reason": "length", "n_tokens": len(r.token_ids),
-         "text": "", "analysis": None, "final": None, "timings": {}} for r in results
+        {
+            "prompt_id": r.prompt_id,
+            "sample": r.sample,
+            "finish_reason": "length",
+            "n_tokens": len(r.token_ids),
+            "text": "",
+            "analysis": None,
+            "final": None,
+            "timings": {},
+        }
+        for r in results
     ]
     w.write_part(0, results, comps)
     w.finish()
@@ -123,8 +147,10 @@ def test_vllm_rule(tmp_path):
 
 def test_channel_labels():
     # <|channel|>analysis<|message|> x y <|end|> <|start|>assistant<|channel|>final<|message|> z <|return|> w
-    toks = np.array([200005, 35644, 200008, 40617, 2375, 200007, 200006, 173781, 200005, 17196, 200008, 40617,
-                     200002, 2375], np.int32)
+    toks = np.array(
+        [200005, 35644, 200008, 40617, 2375, 200007, 200006, 173781, 200005, 17196, 200008, 40617, 200002, 2375],
+        np.int32,
+    )
     labels = channel_labels(toks, np.array([0, len(toks)]))
     assert labels.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 2, 2, 0]
     # two sequences: the second starts inside nothing, whatever the first left open
@@ -163,8 +189,13 @@ def scored_pair(tmp_path, delta, top1_flip_at=()):
         s_ids[i, [0, 1]] = s_ids[i, [1, 0]]
     s_lp = lps[:, 0] + np.asarray(delta, np.float32)
     src = {"path": str(a), "name": "a", "spec_hash": "x", "tokens_hash": "y"}
-    s = write_run(tmp_path / "s", [prompt("p0")], [seq("p0", tokens, ids=s_ids, lps=lps, logprobs=s_lp)],
-                  kind="score", source_run=src)
+    s = write_run(
+        tmp_path / "s",
+        [prompt("p0")],
+        [seq("p0", tokens, ids=s_ids, lps=lps, logprobs=s_lp)],
+        kind="score",
+        source_run=src,
+    )
     return a, b, s
 
 
@@ -212,6 +243,9 @@ def test_refuses_differing_prompts_unless_forced(tmp_path):
     c = load_run(write_run(tmp_path / "c", pa_[:2], results[:2]))
     with pytest.raises(UserError, match=r"prompt 'p2' is missing from"):
         check_prompts(a.reader, c.reader)
+    d = load_run(write_run(tmp_path / "d", [prompt("p0", (7,))], results[:1]))
+    with pytest.raises(UserError, match="share no prompt"):
+        check_prompts(a.reader, d.reader, force=True)
 
 
 def floor_runs(tmp_path, n=40, cross_div=30, floor_div=2):
@@ -269,8 +303,9 @@ def test_cli_exit_codes(tmp_path):
     assert res.exit_code == 1 and "divergent beyond thresholds" in res.output
     res = runner.invoke(diff_command, [str(p["a"]), str(p["b"]), "--max-confident", "3"])
     assert res.exit_code == 0
-    res = runner.invoke(diff_command, [str(p["a"]), str(p["b"]), "--max-confident", "-1", "--max-divergent-share",
-                                       "0.4"])
+    res = runner.invoke(
+        diff_command, [str(p["a"]), str(p["b"]), "--max-confident", "-1", "--max-divergent-share", "0.4"]
+    )
     assert res.exit_code == 1
     # incomparable: one line naming the first differing prompt, exit 2, nothing written
     other = write_run(tmp_path / "other", [prompt("p00", (9, 9))], [seq("p00", [5, 6])])
@@ -312,6 +347,24 @@ def test_real_hf_bf16_against_fp32(request):
             assert 0 <= r["first_divergence"] < 24 and r["class"] in ("near_tie", "confident", "prefix")
 
 
+def test_real_scored_run_teacher_forced(hf_run_bf16, hf_run_fp32, tiny_model, tmp_path):
+    """fp32 Transformers teacher-forcing the bf16 run's tokens (`rig score`): the scored metrics cover every token."""
+    from rig import runner
+    from rig.runs import RunReader
+    from rig.spec import SamplingSpec
+
+    spec = RunSpec(stack="hf", model=str(tiny_model), dtype="float32", sampling=SamplingSpec(max_new_tokens=24))
+    scored = runner.execute(spec, tmp_path / "fp32-on-bf16", source=RunReader(hf_run_bf16), telemetry_hz=None)
+    a, b, s = load_run(hf_run_bf16), load_run(hf_run_fp32), load_run(scored)
+    pair = diff_runs(a, b, scored=s)
+    t = pair.teacher
+    assert t["source"] == "scored" and t["n_positions"] == len(a.token_id)
+    assert 0 < t["mean_abs_delta"] < 1.0 and t["max_abs_delta"] >= t["p99_abs_delta"] >= 0
+    assert t["top1_agreement"] > 0.9 and t["mean_kl"] >= 0
+    # on the common prefix, fp32 generating and fp32 scoring see the same contexts: the two estimates agree closely
+    assert pair.prefix["mean_abs_delta"] == pytest.approx(t["mean_abs_delta"], rel=0.5)
+
+
 def test_real_hf_against_vllm(request):
     try:
         hf = request.getfixturevalue("hf_run_bf16")
@@ -321,3 +374,60 @@ def test_real_hf_against_vllm(request):
     doc = diff_document(diff_runs(load_run(hf), load_run(vllm), force=False))
     assert doc["summary"]["sequences"] > 0
     assert doc["teacher_forced"]["n_positions"] >= 0
+
+
+def test_channel_name_tokens_match_harmony():
+    from rig.diff import ANALYSIS_TOKEN, FINAL_TOKEN
+    from rig.suite import harmony_encoding
+
+    enc = harmony_encoding()
+    assert enc.encode("analysis", allowed_special="all") == [ANALYSIS_TOKEN]
+    assert enc.encode("final", allowed_special="all") == [FINAL_TOKEN]
+
+
+def test_samples_are_matched_by_prompt_and_sample(tmp_path):
+    a = [seq("p0", [5, 6], sample=0), seq("p0", [5, 7], sample=1), seq("p1", [5, 6], sample=0)]
+    b = [seq("p0", [5, 6], sample=0), seq("p1", [5, 9], sample=0), seq("p0", [5, 8], sample=1)]  # other order
+    pair = pair_of(tmp_path, a, b)
+    assert pair.seq["sample"].tolist() == [0, 1, 0] and pair.seq["d"].tolist() == [-1, 1, 1]
+    c = write_run(tmp_path / "c", [prompt("p0"), prompt("p1")], [seq("p0", [5, 6]), seq("p1", [5, 6])])
+    partial = diff_runs(pair.a, load_run(c), decode_context=False)
+    assert partial.unmatched == {"a": 1, "b": 0} and len(partial.seq["d"]) == 2
+
+
+def test_cli_options_are_pinned():
+    from rig.commands.diff import report_command
+
+    def names(cmd):
+        return sorted(o for p in cmd.params for o in p.opts)
+
+    assert names(diff_command) == sorted(
+        [
+            "run_a",
+            "run_b",
+            "--scored",
+            "--floor",
+            "--floor-scored",
+            "--tau",
+            "--force",
+            "--json",
+            "--max-divergent-share",
+            "--max-confident",
+            "--max-mean-abs-delta",
+            "--rows",
+            "--seed",
+        ]
+    )
+    assert names(report_command) == sorted(
+        ["runs", "-o", "--output", "--scored", "--floor", "--tau", "--force", "--max-prompts"]
+    )
+
+
+def test_different_top_k_compares_the_common_top_k(tmp_path):
+    tokens = [5, 6, 7]
+    ids4, lps4 = topk_rows(tokens, k=4)
+    a = write_run(tmp_path / "a", [prompt("p0")], [seq("p0", tokens, ids=ids4, lps=lps4)], k=4)
+    b = write_run(tmp_path / "b", [prompt("p0")], [seq("p0", tokens, ids=ids4[:, :2], lps=lps4[:, :2])], k=2)
+    pair = diff_runs(load_run(a), load_run(b), decode_context=False)
+    assert pair.prefix["n_positions"] == 3 and pair.prefix["top1_agreement"] == 1.0
+    assert pair.prefix["mean_kl"] == pytest.approx(0.0, abs=1e-12)  # same first two entries on both sides

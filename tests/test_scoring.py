@@ -51,8 +51,18 @@ def test_regex_is_search_with_reference_as_pattern():
 
 @pytest.mark.parametrize(
     ("text", "letter"),
-    [("B", "B"), ("(B)", "B"), ("Answer: B", "B"), ("B)", "B"), ("b.", "B"), ("The answer is (C).", "C"),
-     ("I think (D) is right", "D"), ("J) last", "J"), ("none", None), ("K", None)],
+    [
+        ("B", "B"),
+        ("(B)", "B"),
+        ("Answer: B", "B"),
+        ("B)", "B"),
+        ("b.", "B"),
+        ("The answer is (C).", "C"),
+        ("I think (D) is right", "D"),
+        ("J) last", "J"),
+        ("none", None),
+        ("K", None),
+    ],
 )
 def test_choice_letter_extraction(text, letter):
     assert extract_choice(text) == letter
@@ -88,16 +98,43 @@ def test_compare_task_paired_with_repeats():
 def test_score_run_reads_final_channel_and_falls_back(tmp_path):
     from test_diff import prompt, seq, write_run
 
-    prompts = [prompt("p0", reference="Gold", reference_type="exact"), prompt("p1", reference=7, reference_type="numeric"),
-               prompt("p2")]
+    prompts = [
+        prompt("p0", reference="Gold", reference_type="exact"),
+        prompt("p1", reference=7, reference_type="numeric"),
+        prompt("p2"),
+    ]
     results = [seq("p0", [5]), seq("p1", [5]), seq("p2", [5])]
     comps = [
-        {"prompt_id": "p0", "sample": 0, "finish_reason": "stop", "n_tokens": 1, "text": "x", "analysis": "hm",
-         "final": "gold", "timings": {}},
-        {"prompt_id": "p1", "sample": 0, "finish_reason": "length", "n_tokens": 1, "text": "it is 8", "analysis": None,
-         "final": None, "timings": {}},
-        {"prompt_id": "p2", "sample": 0, "finish_reason": "length", "n_tokens": 1, "text": "", "analysis": None,
-         "final": None, "timings": {}},
+        {
+            "prompt_id": "p0",
+            "sample": 0,
+            "finish_reason": "stop",
+            "n_tokens": 1,
+            "text": "x",
+            "analysis": "hm",
+            "final": "gold",
+            "timings": {},
+        },
+        {
+            "prompt_id": "p1",
+            "sample": 0,
+            "finish_reason": "length",
+            "n_tokens": 1,
+            "text": "it is 8",
+            "analysis": None,
+            "final": None,
+            "timings": {},
+        },
+        {
+            "prompt_id": "p2",
+            "sample": 0,
+            "finish_reason": "length",
+            "n_tokens": 1,
+            "text": "",
+            "analysis": None,
+            "final": None,
+            "timings": {},
+        },
     ]
     run = load_run(write_run(tmp_path / "r", prompts, results, completions=comps))
     res = score_run(run.reader)

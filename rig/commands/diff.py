@@ -18,7 +18,7 @@ RunPath = click.Path(path_type=Path)
 
 
 def _fail(exc: UserError) -> None:
-    click.echo(f"error: {exc}", err=True)
+    click.echo(f"rig: error: {exc}", err=True)
     sys.exit(2)
 
 
@@ -32,13 +32,31 @@ def _fail(exc: UserError) -> None:
 @click.option("--force", is_flag=True, help="Compare the identical prompts when prompt token hashes differ.")
 @click.option("--json", "json_path", type=RunPath, help="Write the whole result as JSON here.")
 @click.option("--max-divergent-share", type=float, default=None, help="Exit 1 above this share of divergent sequences.")
-@click.option("--max-confident", type=int, default=0, show_default=True,
-              help="Exit 1 above this many confident disagreements (-1 disables).")
+@click.option(
+    "--max-confident",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Exit 1 above this many confident disagreements (-1 disables).",
+)
 @click.option("--max-mean-abs-delta", type=float, default=None, help="Exit 1 above this teacher-forced mean |delta|.")
 @click.option("--rows", type=int, default=20, show_default=True, help="Divergent sequences to list.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the task-level bootstrap.")
-def diff_command(run_a, run_b, scored, floor, floor_scored, tau, force, json_path, max_divergent_share, max_confident,
-                 max_mean_abs_delta, rows, seed):
+def diff_command(
+    run_a,
+    run_b,
+    scored,
+    floor,
+    floor_scored,
+    tau,
+    force,
+    json_path,
+    max_divergent_share,
+    max_confident,
+    max_mean_abs_delta,
+    rows,
+    seed,
+):
     """Compare two runs token by token: first divergence, margins, teacher-forced metrics, task accuracy.
 
     Exits 0 within the thresholds, 1 beyond them, 2 when the runs cannot be compared.
@@ -48,13 +66,25 @@ def diff_command(run_a, run_b, scored, floor, floor_scored, tau, force, json_pat
     from rig.report.terminal import print_diff, progress_bar
 
     console = Console(stderr=False)
-    th = Thresholds(max_divergent_share=max_divergent_share,
-                    max_confident=None if max_confident is not None and max_confident < 0 else max_confident,
-                    max_mean_abs_delta=max_mean_abs_delta)
+    th = Thresholds(
+        max_divergent_share=max_divergent_share,
+        max_confident=None if max_confident is not None and max_confident < 0 else max_confident,
+        max_mean_abs_delta=max_mean_abs_delta,
+    )
     try:
         with progress_bar(Console(stderr=True)) as progress:
-            doc = diff_paths(run_a, run_b, scored=scored, floor=floor or None, floor_scored=floor_scored, tau=tau,
-                             force=force, thresholds=th, seed=seed, progress=progress)
+            doc = diff_paths(
+                run_a,
+                run_b,
+                scored=scored,
+                floor=floor or None,
+                floor_scored=floor_scored,
+                tau=tau,
+                force=force,
+                thresholds=th,
+                seed=seed,
+                progress=progress,
+            )
     except UserError as exc:
         _fail(exc)
     if json_path:
@@ -66,8 +96,12 @@ def diff_command(run_a, run_b, scored, floor, floor_scored, tau, force, json_pat
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=RunPath)
 @click.option("-o", "--output", type=RunPath, default=Path("report.html"), show_default=True, help="HTML file.")
-@click.option("--scored", multiple=True, type=RunPath,
-              help="Scored run(s) of the first run's tokens; each pairs with the run whose spec hash it carries.")
+@click.option(
+    "--scored",
+    multiple=True,
+    type=RunPath,
+    help="Scored run(s) of the first run's tokens; each pairs with the run whose spec hash it carries.",
+)
 @click.option("--floor", nargs=2, type=RunPath, default=None, help="Two runs of one spec (A A2): the noise floor.")
 @click.option("--tau", type=float, default=0.1, show_default=True, help="Near-tie margin, nats.")
 @click.option("--force", is_flag=True, help="Compare the identical prompts when prompt token hashes differ.")
@@ -79,8 +113,16 @@ def report_command(runs, output, scored, floor, tau, force, max_prompts):
 
     try:
         with progress_bar(Console(stderr=True)) as progress:
-            path = build_report(runs, output, scored=scored, floor=floor or None, tau=tau, force=force,
-                                max_prompts=max_prompts, progress=progress)
+            path = build_report(
+                runs,
+                output,
+                scored=scored,
+                floor=floor or None,
+                tau=tau,
+                force=force,
+                max_prompts=max_prompts,
+                progress=progress,
+            )
     except UserError as exc:
         _fail(exc)
     click.echo(f"wrote {path}")

@@ -88,8 +88,12 @@ def _breakdown(labels: np.ndarray, cls: np.ndarray, mask: np.ndarray | None) -> 
         sel = labels == label
         c = _counts(cls[sel])
         n = int(sel.sum())
-        out[str(label)] = {"sequences": n, **c, "divergent": n - c["identical"],
-                           "share_identical": _f(c["identical"] / n) if n else None}
+        out[str(label)] = {
+            "sequences": n,
+            **c,
+            "divergent": n - c["identical"],
+            "share_identical": _f(c["identical"] / n) if n else None,
+        }
     return out
 
 
@@ -102,26 +106,28 @@ def rows(pair: PairDiff) -> list[dict[str, Any]]:
         d = int(s["d"][i])
         div = d >= 0
         c = next(ctx, {}) if div and pair.context else {}
-        out.append({
-            "prompt_id": a.prompt_ids[int(s["prompt"][i])],
-            "sample": int(s["sample"][i]),
-            "category": str(s["category"][i]),
-            "identical": not div,
-            "first_divergence": d if div else None,
-            "len_a": int(s["len_a"][i]),
-            "len_b": int(s["len_b"][i]),
-            "token_a": int(s["token_a"][i]) if div and s["token_a"][i] >= 0 else None,
-            "token_b": int(s["token_b"][i]) if div and s["token_b"][i] >= 0 else None,
-            "margin_a": _f(s["margin_a"][i]),
-            "margin_b": _f(s["margin_b"][i]),
-            "class": CLASSES[int(s["cls"][i])],
-            "vllm_rule": bool(s["vllm_rule"][i]) if div else None,
-            "channel": CHANNELS[int(s["channel"][i])] if div else None,
-            "token_kind": ("special" if s["special"][i] else "text") if div else None,
-            "context_before": c.get("before"),
-            "continuation_a": c.get("a"),
-            "continuation_b": c.get("b"),
-        })
+        out.append(
+            {
+                "prompt_id": a.prompt_ids[int(s["prompt"][i])],
+                "sample": int(s["sample"][i]),
+                "category": str(s["category"][i]),
+                "identical": not div,
+                "first_divergence": d if div else None,
+                "len_a": int(s["len_a"][i]),
+                "len_b": int(s["len_b"][i]),
+                "token_a": int(s["token_a"][i]) if div and s["token_a"][i] >= 0 else None,
+                "token_b": int(s["token_b"][i]) if div and s["token_b"][i] >= 0 else None,
+                "margin_a": _f(s["margin_a"][i]),
+                "margin_b": _f(s["margin_b"][i]),
+                "class": CLASSES[int(s["cls"][i])],
+                "vllm_rule": bool(s["vllm_rule"][i]) if div else None,
+                "channel": CHANNELS[int(s["channel"][i])] if div else None,
+                "token_kind": ("special" if s["special"][i] else "text") if div else None,
+                "context_before": c.get("before"),
+                "continuation_a": c.get("a"),
+                "continuation_b": c.get("b"),
+            }
+        )
     return out
 
 
@@ -138,10 +144,13 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _sections(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def manifest_sections(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flattened manifest sections compared between runs: run, spec, stack (resolved values), model, suite."""
     stack = m.get("stack") or {}
-    resolved = {k: (v.get("value") if isinstance(v, dict) and "value" in v else v)
-                for k, v in (stack.get("resolved") or {}).items()}
+    resolved = {
+        k: (v.get("value") if isinstance(v, dict) and "value" in v else v)
+        for k, v in (stack.get("resolved") or {}).items()
+    }
     return {
         "run": {"kind": m.get("kind"), "status": m.get("status"), "spec_hash": m.get("spec_hash")},
         "spec": _flat(m.get("spec") or {}),
@@ -154,7 +163,7 @@ def _sections(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def manifest_diff(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]]:
     """[{"section", "key", "a", "b"}] for every differing leaf: run, spec, resolved stack, model, suite, environment."""
     out = []
-    sa, sb = _sections(ma), _sections(mb)
+    sa, sb = manifest_sections(ma), manifest_sections(mb)
     for section in sa:
         fa, fb = sa[section], sb[section]
         for key in sorted(set(fa) | set(fb)):
@@ -250,20 +259,35 @@ def pair_document(pair: PairDiff, task: dict[str, Any] | None = None) -> dict[st
 
 def _run_ref(run: Any) -> dict[str, Any]:
     m = run.manifest
-    return {"path": str(run.path), "name": run.name, "spec_hash": m.get("spec_hash"), "kind": m.get("kind"),
-            "stack": (m.get("stack") or {}).get("stack") or (m.get("spec") or {}).get("stack")}
+    return {
+        "path": str(run.path),
+        "name": run.name,
+        "spec_hash": m.get("spec_hash"),
+        "kind": m.get("kind"),
+        "stack": (m.get("stack") or {}).get("stack") or (m.get("spec") or {}).get("stack"),
+    }
 
 
-def diff_document(cross: PairDiff, *, floor: PairDiff | None = None, thresholds: Thresholds = Thresholds(),
-                  task: dict[str, Any] | None = None, floor_task: dict[str, Any] | None = None) -> dict[str, Any]:
+def diff_document(
+    cross: PairDiff,
+    *,
+    floor: PairDiff | None = None,
+    thresholds: Thresholds = Thresholds(),
+    task: dict[str, Any] | None = None,
+    floor_task: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The whole `rig diff` result: pair documents, manifest diff, floor table, per-sequence rows and the verdict."""
     doc = {"rig_diff": DOC_VERSION, **pair_document(cross, task)}
     doc["manifest_diff"] = manifest_diff(cross.a.manifest, cross.b.manifest)
     doc["floor"] = pair_document(floor, floor_task) if floor is not None else None
-    doc["floor_check"] = floor_table(
-        {"summary": doc["summary"], "teacher": doc["teacher_forced"]},
-        {"summary": doc["floor"]["summary"], "teacher": doc["floor"]["teacher_forced"]},
-    ) if floor is not None else None
+    doc["floor_check"] = (
+        floor_table(
+            {"summary": doc["summary"], "teacher": doc["teacher_forced"]},
+            {"summary": doc["floor"]["summary"], "teacher": doc["floor"]["teacher_forced"]},
+        )
+        if floor is not None
+        else None
+    )
     doc["sequences"] = rows(cross)
     doc["verdict"] = verdict(doc, thresholds)
     return doc

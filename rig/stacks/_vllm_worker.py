@@ -320,8 +320,15 @@ def describe_engine(e: _Engine) -> dict[str, Any]:
 
 
 def _error(exc: BaseException) -> tuple[str, str, str]:
-    """("error", kind, message): kind "user" for invalid arguments (vLLM raises ValueError subclasses for those)."""
-    kind = "user" if isinstance(exc, ValueError | TypeError) else "bug"
+    """("error", kind, message): kind "user" for invalid arguments or requests (ValueError, vLLM's client errors)."""
+    user_types: tuple[type, ...] = (ValueError, TypeError)
+    try:
+        from vllm.exceptions import VLLMClientError
+
+        user_types += (VLLMClientError,)
+    except ImportError:
+        pass
+    kind = "user" if isinstance(exc, user_types) else "bug"
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     message = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
     if kind == "bug":

@@ -29,7 +29,7 @@ import numpy as np
 
 from rig.errors import UserError
 from rig.sampling import request_seed
-from rig.spec import RunSpec, to_vllm
+from rig.spec import RunSpec, SamplingSpec, to_vllm
 from rig.stacks.base import Request, SequenceResult, Stack, finish_reason
 
 # Environment variables recognized in --engine-arg NAME=VALUE: set in the worker's environment, not passed to LLM().
@@ -139,6 +139,7 @@ class VLLMStack(Stack):
         super().__init__(spec)
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
+        self._mode = _sampler_choice(spec)[0]
         self.exit_code: int | None = None
 
     # ---- process ----------------------------------------------------------------------------------------------
@@ -241,10 +242,23 @@ class VLLMStack(Stack):
         finally:
             self._kill()
 
+    def set_sampling(self, sampling: SamplingSpec) -> None:
+        """Reuse the running engine with other sampling settings (tests and benchmarks share one engine).
+
+        Coupled sampling needs the engine to have been started with the coupled processor (a coupled spec at load).
+        """
+        spec = self.spec.replace(sampling=sampling)
+        mode, why = _sampler_choice(spec)
+        if mode == "coupled" and "coupled_processor" not in self._extra:
+            raise UserError("this vLLM engine was started without the coupled logits processor; load a coupled spec")
+        self.spec = spec
+        self._mode = self.resolve("sampler", mode, why)
+        self._extra["sampling_params"] = to_vllm(spec)
+
     # ---- requests ---------------------------------------------------------------------------------------------
     def _request_payload(self, requests: list[Request]) -> dict[str, Any]:
         spec, s = self.spec, self.spec.sampling
-        mode = self._resolved.get("sampler", {}).get("value") or _sampler_choice(spec)[0]
+        mode = self._mode
         items = []
         for r in requests:
             item: dict[str, Any] = {"prompt_token_ids": list(r.prompt.token_ids)}

@@ -1,0 +1,113 @@
+"""`rig demo`: the rig's main job on the embedded default, end to end on a CPU.
+
+It builds the tiny gpt-oss if it is absent, runs the default suite through two stacks (Transformers and vLLM, both
+bf16; or two Transformers configurations, bf16 and fp32), cross-scores each run under the other stack, diffs them, and
+prints per prompt: identical, or the first divergence position with its near-tie or confident classification, and the
+teacher-forced mean |delta logprob| in both directions. It ends by writing the HTML report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rig import runner
+from rig.spec import RunSpec, SamplingSpec
+from rig.suite import load_suite
+from rig.tiny import build_tiny_model, is_tiny_model
+
+CLASS_NAMES = {0: "identical", 1: "near-tie", 2: "confident", 3: "prefix", 4: "no top-K"}
+
+
+def _specs(model: Path, stacks: list[str], max_new_tokens: int) -> dict[str, RunSpec]:
+    sampling = SamplingSpec(max_new_tokens=max_new_tokens)
+    if stacks == ["hf", "hf"]:
+        return {
+            "hf-bf16": RunSpec(stack="hf", model=str(model), dtype="bfloat16", sampling=sampling),
+            "hf-fp32": RunSpec(stack="hf", model=str(model), dtype="float32", sampling=sampling),
+        }
+    if len(stacks) != 2 or len(set(stacks)) != 2:
+        from rig.errors import UserError
+
+        raise UserError(f"--stacks takes two stacks, e.g. hf,vllm or hf,hf (got {','.join(stacks)})")
+    extra = {"max_model_len": 2048}
+    return {
+        f"{s}-bf16": RunSpec(stack=s, model=str(model), dtype="bfloat16", sampling=sampling,
+                             **(extra if s == "vllm" else {}))
+        for s in stacks
+    }
+
+
+def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[str] | None = None) -> int:
+    """Run the demo; returns the process exit code (0)."""
+    from rig.diff import diff_runs, load_run, sequence_teacher
+    from rig.report.html import write_report
+
+    console = Console()
+    stacks = stacks or ["hf", "vllm"]
+    if not is_tiny_model(model):
+        console.print(f"[bold]building the tiny gpt-oss[/bold] into {model}")
+        build_tiny_model(model)
+    suite = load_suite("default")
+    specs = _specs(model, stacks, max_new_tokens)
+    (name_a, spec_a), (name_b, spec_b) = specs.items()
+    paths = {}
+    for name, spec in specs.items():
+        console.print(f"[bold]run[/bold] {name}: {spec.stack} {spec.dtype}, {len(suite.prompts)} prompts x "
+                      f"{max_new_tokens} tokens")
+        paths[name] = runner.execute(spec, out / name, suite=suite, force=True, telemetry_hz=10.0)
+    from rig.runs import RunReader
+
+    scored = {}
+    for src, spec, label in ((name_a, spec_b, f"{name_b}-on-{name_a}"), (name_b, spec_a, f"{name_a}-on-{name_b}")):
+        console.print(f"[bold]score[/bold] {src}'s tokens under {spec.stack} {spec.dtype} -> {label}")
+        scored[label] = runner.execute(spec, out / label, source=RunReader(paths[src]), force=True, telemetry_hz=10.0)
+
+    a, b = load_run(paths[name_a]), load_run(paths[name_b])
+    b_on_a, a_on_b = load_run(scored[f"{name_b}-on-{name_a}"]), load_run(scored[f"{name_a}-on-{name_b}"])
+    pair = diff_runs(a, b, scored=b_on_a)
+    fwd, back = sequence_teacher(a, b_on_a), sequence_teacher(b, a_on_b)
+
+    table = Table(title=f"{name_a} against {name_b} (greedy, tau {pair.tau} nats)", title_justify="left")
+    for col in ("prompt", "category", "first split", "kind", f"margin {name_a}", f"margin {name_b}",
+                f"mean|Δlp| {name_b} on {name_a}", f"mean|Δlp| {name_a} on {name_b}"):
+        table.add_column(col, justify="right" if col.startswith(("first", "margin", "mean")) else "left")
+    seq = pair.seq
+    for i in range(len(seq["d"])):
+        pid = a.prompt_ids[seq["prompt"][i]]
+        key = (pid, int(seq["sample"][i]))
+        d = int(seq["d"][i])
+        table.add_row(
+            pid,
+            str(seq["category"][i]),
+            "identical" if d < 0 else f"token {d}",
+            CLASS_NAMES.get(int(seq["cls"][i]), "?"),
+            _f(seq["margin_a"][i]) if d >= 0 else "",
+            _f(seq["margin_b"][i]) if d >= 0 else "",
+            _f(fwd.get(key)),
+            _f(back.get(key)),
+        )
+    console.print(table)
+    div = seq["d"] >= 0
+    t = pair.teacher
+    console.print(
+        f"{int((~div).sum())}/{len(div)} sequences identical; "
+        f"{int((seq['cls'] == 1).sum())} near-tie and {int((seq['cls'] == 2).sum())} confident first splits"
+        + (f", median first split at token {int(np.median(seq['d'][div]))}" if div.any() else "")
+        + f". Teacher-forced ({name_b} scoring {name_a}'s tokens): mean |Δlp| {_f(t.get('mean_abs_delta'))} nats, "
+        f"max {_f(t.get('max_abs_delta'))}, top-1 agreement {_f(t.get('top1_agreement'))}."
+    )
+    report = out / "report.html"
+    write_report([paths[name_a], paths[name_b]], report, scored=[scored[f"{name_b}-on-{name_a}"]])
+    console.print(f"report: {report}   (open it in a browser)")
+    console.print(f"next: rig diff {paths[name_a]} {paths[name_b]} --scored {scored[f'{name_b}-on-{name_a}']}")
+    return 0
+
+
+def _f(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "-"
+    return f"{x:.4f}"
