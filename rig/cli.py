@@ -257,16 +257,13 @@ def demo(model_dir, out_dir, max_new_tokens, stacks):
     sys.exit(run_demo(Path(model_dir), Path(out_dir), max_new_tokens=max_new_tokens, stacks=stacks.split(",")))
 
 
-def _register_optional() -> None:
-    """Commands contributed by feature modules."""
-    import importlib
+def _register() -> None:
+    """Commands contributed by feature modules (each imports only click and light modules at import time)."""
+    from rig.commands.diff import diff_command, report_command
+    from rig.commands.env import env_command
 
-    for module, attr in (("rig.commands.env", "env_command"), ("rig.commands.diff", "diff_command"),
-                         ("rig.commands.diff", "report_command")):
-        try:
-            main.add_command(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError):
-            pass
+    for command in (diff_command, report_command, env_command):
+        main.add_command(command)
 
 
-_register_optional()
+_register()

@@ -44,9 +44,9 @@ def _specs(model: Path, stacks: list[str], max_new_tokens: int) -> dict[str, Run
 def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[str] | None = None) -> int:
     """Run the demo; returns the process exit code (0)."""
     from rig.diff import diff_runs, load_run, sequence_teacher
-    from rig.report.html import write_report
+    from rig.report import build_report
 
-    console = Console()
+    console = Console(width=max(Console().width, 118))
     stacks = stacks or ["hf", "vllm"]
     if not is_tiny_model(model):
         console.print(f"[bold]building the tiny gpt-oss[/bold] into {model}")
@@ -71,10 +71,15 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
     pair = diff_runs(a, b, scored=b_on_a)
     fwd, back = sequence_teacher(a, b_on_a), sequence_teacher(b, a_on_b)
 
-    table = Table(title=f"{name_a} against {name_b} (greedy, tau {pair.tau} nats)", title_justify="left")
-    for col in ("prompt", "category", "first split", "kind", f"margin {name_a}", f"margin {name_b}",
-                f"mean|Δlp| {name_b} on {name_a}", f"mean|Δlp| {name_a} on {name_b}"):
-        table.add_column(col, justify="right" if col.startswith(("first", "margin", "mean")) else "left")
+    table = Table(title=f"{name_a} against {name_b}: greedy, near-tie when both margins < {pair.tau} nats",
+                  title_justify="left")
+    table.add_column("prompt")
+    table.add_column("category")
+    table.add_column("first split", justify="right")
+    table.add_column("kind")
+    table.add_column("margins A / B", justify="right")
+    table.add_column("mean|Δlp| B on A", justify="right")
+    table.add_column("mean|Δlp| A on B", justify="right")
     seq = pair.seq
     for i in range(len(seq["d"])):
         pid = a.prompt_ids[seq["prompt"][i]]
@@ -84,12 +89,12 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
             pid,
             str(seq["category"][i]),
             "identical" if d < 0 else f"token {d}",
-            CLASS_NAMES.get(int(seq["cls"][i]), "?"),
-            _f(seq["margin_a"][i]) if d >= 0 else "",
-            _f(seq["margin_b"][i]) if d >= 0 else "",
+            "" if d < 0 else CLASS_NAMES.get(int(seq["cls"][i]), "?"),
+            "" if d < 0 else f"{_f(seq['margin_a'][i])} / {_f(seq['margin_b'][i])}",
             _f(fwd.get(key)),
             _f(back.get(key)),
         )
+    console.print(f"A = {name_a}, B = {name_b}; margins are top-1 minus top-2 logprob (nats) at the first split")
     console.print(table)
     div = seq["d"] >= 0
     t = pair.teacher
@@ -101,7 +106,7 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
         f"max {_f(t.get('max_abs_delta'))}, top-1 agreement {_f(t.get('top1_agreement'))}."
     )
     report = out / "report.html"
-    write_report([paths[name_a], paths[name_b]], report, scored=[scored[f"{name_b}-on-{name_a}"]])
+    build_report([paths[name_a], paths[name_b]], report, scored=[scored[f"{name_b}-on-{name_a}"]])
     console.print(f"report: {report}   (open it in a browser)")
     console.print(f"next: rig diff {paths[name_a]} {paths[name_b]} --scored {scored[f'{name_b}-on-{name_a}']}")
     return 0

@@ -6,9 +6,9 @@ confident class, vLLM's rule, the harmony channel and token kind at the divergen
 once over flattened NumPy arrays (no per-token Python loop). A fast loader reads the Parquet parts column-wise with
 a dictionary-encoded prompt_id; rig.runs.RunReader still checks the manifest and the prompt hashes.
 
-    a, b = load_run("runs/hf"), load_run("runs/vllm")
-    pair = diff_runs(a, b, tau=0.1, scored=load_run("runs/vllm-on-hf"))
-    pair.summary, pair.teacher, pair.rows()
+    a, b, s = load_run("runs/hf"), load_run("runs/vllm"), load_run("runs/vllm-on-hf")
+    pair = diff_runs(a, b, tau=0.1, scored=s)
+    pair.seq, pair.teacher, sequence_teacher(a, s)   # per-sequence columns, teacher-forced metrics, per-sequence |delta|
 
 Definitions (exact): docs/metrics.md. Aggregates, the JSON document and the verdict: rig.report.summary.
 """
@@ -34,6 +34,7 @@ CHANNEL, START, END, MESSAGE, RETURN, CALL = 200005, 200006, 200007, 200008, 200
 ANALYSIS_TOKEN, FINAL_TOKEN = 35644, 17196  # the o200k_harmony tokens "analysis" and "final" (pinned by a test)
 CHANNELS = ("other", "analysis", "final")
 CLASSES = ("identical", "near_tie", "confident", "prefix", "unclassified")
+Rows = np.ndarray | None  # row indices into a run's arrays; None = all of its rows, in order
 
 
 # ---- loading -------------------------------------------------------------------------------------------------------
@@ -74,53 +75,40 @@ class RunData:
         return np.diff(self.offsets)
 
 
+_COLUMNS = (("prompt_id", np.int32), ("sample", np.int32), ("pos", np.int32), ("token_id", np.int32))
+_COLUMNS += (("logprob", np.float32), ("topk_ids", np.int32), ("topk_logprobs", np.float32))
+
+
 def load_run(path: str | Path, progress: Callable[[int, int], None] | None = None) -> RunData:
     """Reads a run directory into a RunData; progress(done_parts, total_parts) is called after each part.
 
-    Each Parquet part is decoded once (single-threaded when pyarrow is set so) and copied once into preallocated
-    arrays; prompt_id is read dictionary-encoded and mapped to the prompt's index in prompts.jsonl.
+    Each Parquet part is decoded once (single-threaded when pyarrow is set so) and each column copied once, zero-copy
+    from Arrow, into preallocated arrays; prompt_id is read dictionary-encoded and mapped to the prompt's index in
+    prompts.jsonl. Rows already in (prompt, sample, pos) order, as the writer leaves them, are not sorted again.
     """
     reader = RunReader(path)
     k = reader.k
     prompt_ids = list(reader.prompts)
     pindex = {p: i for i, p in enumerate(prompt_ids)}
     expected = token_schema(k)
-    files = [pq.ParquetFile(part, read_dictionary=["prompt_id"]) for part in reader.part_paths()]
-    for part, pf in zip(reader.part_paths(), files, strict=True):
+    parts = reader.part_paths()
+    files = [pq.ParquetFile(part, read_dictionary=["prompt_id"]) for part in parts]
+    for part, pf in zip(parts, files, strict=True):
         schema = pf.schema_arrow
         if len(schema) != len(expected) or any(
             f.name != e.name or not _same_type(f.type, e.type) for f, e in zip(schema, expected, strict=True)
         ):
             raise RunError(f"{part}: schema differs from the tokens/ schema for K={k}")
     n = sum(pf.metadata.num_rows for pf in files)
-    c = {
-        "pidx": np.empty(n, np.int64),
-        "sample": np.empty(n, np.int32),
-        "pos": np.empty(n, np.int32),
-        "token_id": np.empty(n, np.int32),
-        "logprob": np.empty(n, np.float32),
-        "ids": np.empty((n, k), np.int32),
-        "lps": np.empty((n, k), np.float32),
-    }
+    c = {name: np.empty((n, k) if name.startswith("topk") else n, dtype) for name, dtype in _COLUMNS}
     at = 0
-    for i, (part, pf) in enumerate(zip(reader.part_paths(), files, strict=True)):
+    for i, (part, pf) in enumerate(zip(parts, files, strict=True)):
         t = pf.read(use_threads=False)
-        m = len(t)
-        for chunk in t.column("prompt_id").chunks:
-            if not pa.types.is_dictionary(chunk.type):
-                chunk = chunk.dictionary_encode()
-            names = chunk.dictionary.to_pylist()
-            lookup = np.array([pindex.get(x, -1) for x in names], dtype=np.int64)
-            if (lookup < 0).any():
-                bad = names[int(np.argmax(lookup < 0))]
-                raise RunError(f"{part}: field 'prompt_id' {bad!r} is not in prompts.jsonl")
-            c["pidx"][at : at + len(chunk)] = lookup[chunk.indices.to_numpy(zero_copy_only=False)] if len(names) else 0
-            at += len(chunk)
-        start = at - m
-        for name in ("sample", "pos", "token_id", "logprob"):
-            _copy_column(t.column(name), c[name], start)
-        _copy_column(t.column("topk_ids"), c["ids"], start, k)
-        _copy_column(t.column("topk_logprobs"), c["lps"], start, k)
+        m = t.num_rows
+        _prompt_index(t.column("prompt_id"), pindex, c["prompt_id"][at : at + m], part)
+        for name, _ in _COLUMNS[1:]:
+            _copy_column(t.column(name), c[name][at : at + m], f"{part}: field {name!r}")
+        at += m
         if progress:
             progress(i + 1, len(files))
     return _assemble(reader, prompt_ids, c)
@@ -135,47 +123,83 @@ def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
     return got == want
 
 
-def _copy_column(col: pa.ChunkedArray, out: np.ndarray, start: int, k: int | None = None) -> None:
-    """Copies an Arrow column (primitive, or fixed-size lists of width k) into out[start:...]."""
+def _prompt_index(col: pa.ChunkedArray, pindex: dict[str, int], out: np.ndarray, part: Path) -> None:
+    """Writes each row's prompt index (position in prompts.jsonl) into out, through the column's dictionary."""
+    at = 0
     for chunk in col.chunks:
-        m = len(chunk)
-        values = chunk.flatten() if k is not None else chunk
-        arr = values.to_numpy(zero_copy_only=False)
-        out[start : start + m] = arr.reshape(m, k) if k is not None else arr
-        start += m
+        if chunk.null_count:
+            raise RunError(f"{part}: field 'prompt_id' holds nulls")
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_encode()
+        names = chunk.dictionary.to_pylist()
+        lookup = np.array([pindex.get(x, -1) for x in names], dtype=np.int32)
+        if (lookup < 0).any():
+            raise RunError(f"{part}: field 'prompt_id' {names[int(np.argmax(lookup < 0))]!r} is not in prompts.jsonl")
+        if len(chunk):
+            np.take(lookup, _numpy(chunk.indices), out=out[at : at + len(chunk)])
+        at += len(chunk)
+
+
+_NUMPY_TYPES = {pa.from_numpy_dtype(t): np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.float32)}
+
+
+def _numpy(arr: pa.Array) -> np.ndarray:
+    """A zero-copy NumPy view of a primitive Arrow array without nulls. (Array.to_numpy imports pandas when it is
+    installed: 0.4 s on the first call in a process, a third of `rig diff`'s budget.)"""
+    dtype = _NUMPY_TYPES[arr.type]
+    return np.frombuffer(arr.buffers()[1], dtype, len(arr), arr.offset * dtype.itemsize)
+
+
+def _copy_column(col: pa.ChunkedArray, out: np.ndarray, where: str) -> None:
+    """Copies an Arrow column (primitive, or fixed-size lists of width out.shape[1]) into out, one memcpy per chunk."""
+    flat = out.reshape(-1)
+    at = 0
+    for chunk in col.chunks:
+        values = chunk
+        if pa.types.is_fixed_size_list(chunk.type):  # .values is free; it ignores a slice offset, flatten() does not
+            values = chunk.values if chunk.offset == 0 else chunk.flatten()
+            values = values.slice(0, len(chunk) * chunk.type.list_size)
+        if chunk.null_count or values.null_count:
+            raise RunError(f"{where} holds nulls")
+        arr = _numpy(values)
+        flat[at : at + len(arr)] = arr
+        at += len(arr)
 
 
 def _assemble(reader: RunReader, prompt_ids: list[str], c: dict[str, np.ndarray]) -> RunData:
-    pidx, sample, pos = (c[k].astype(np.int64, copy=False) for k in ("pidx", "sample", "pos"))
-    n = len(pidx)
-    n_samples = int(sample.max()) + 1 if n else 1
-    width = int(pos.max()) + 1 if n else 1
-    code = pidx * n_samples + sample
-    key = code * width + pos
-    if n > 1 and not (np.diff(key) > 0).all():
+    """RunData from the loaded columns: sorted by (prompt, sample, pos) only when they are not so already."""
+    pidx, sample, pos = c["prompt_id"], c["sample"], c["pos"]
+    starts = _sequence_starts(pidx, sample, pos)
+    if starts is None:  # parts out of order: sort once by one int64 key
+        key = (pidx.astype(np.int64) * (int(sample.max()) + 1) + sample) * (int(pos.max()) + 1) + pos
         order = np.argsort(key, kind="stable")
-        key, code, pos = key[order], code[order], pos[order]
-        for name in ("token_id", "logprob", "ids", "lps"):
-            c[name] = c[name][order]
+        key = key[order]
         if (np.diff(key) == 0).any():
             raise RunError(f"{reader.path / 'tokens'}: a (prompt_id, sample, pos) row appears twice")
-    starts = np.flatnonzero(np.diff(code)) + 1 if n else np.zeros(0, np.int64)
-    offsets = np.concatenate([[0], starts, [n]]).astype(np.int64) if n else np.zeros(1, np.int64)
-    local = np.arange(n) - np.repeat(offsets[:-1], np.diff(offsets))
-    if n and not np.array_equal(local, pos):
-        raise RunError(f"{reader.path / 'tokens'}: field 'pos' is not 0, 1, 2, ... within a sequence")
-    seq_code = code[offsets[:-1]]
-    return RunData(
-        reader=reader,
-        prompt_ids=prompt_ids,
-        seq_prompt=seq_code // n_samples,
-        seq_sample=seq_code % n_samples,
-        offsets=offsets,
-        token_id=c["token_id"].astype(np.int32, copy=False),
-        logprob=c["logprob"].astype(np.float32, copy=False),
-        topk_ids=c["ids"].astype(np.int32, copy=False),
-        topk_logprobs=c["lps"].astype(np.float32, copy=False),
-    )
+        for name in c:
+            c[name] = c[name][order]
+        pidx, sample, pos = c["prompt_id"], c["sample"], c["pos"]
+        starts = _sequence_starts(pidx, sample, pos)
+        if starts is None:
+            raise RunError(f"{reader.path / 'tokens'}: field 'pos' is not 0, 1, 2, ... within a sequence")
+    offsets = np.concatenate([[0], starts, [len(pidx)]]).astype(np.int64) if len(pidx) else np.zeros(1, np.int64)
+    first, lists = offsets[:-1], (c[name] for name in ("token_id", "logprob", "topk_ids", "topk_logprobs"))
+    return RunData(reader, prompt_ids, pidx[first].astype(np.int64), sample[first].astype(np.int64), offsets, *lists)
+
+
+def _sequence_starts(pidx: np.ndarray, sample: np.ndarray, pos: np.ndarray) -> np.ndarray | None:
+    """Row indices where a new sequence starts (after row 0), or None unless the rows are strictly ordered by
+    (prompt, sample) with pos = 0, 1, 2, ... within each sequence (the order the writer leaves them in)."""
+    if len(pidx) == 0:
+        return np.zeros(0, np.int64)
+    dp, ds = np.diff(pidx), np.diff(sample)
+    new = (dp != 0) | (ds != 0)
+    starts = np.flatnonzero(new) + 1
+    b = starts - 1
+    ordered = ((dp[b] > 0) | ((dp[b] == 0) & (ds[b] > 0))).all()
+    if not (ordered and pos[0] == 0 and (pos[starts] == 0).all() and ((np.diff(pos) == 1) | new).all()):
+        return None
+    return starts
 
 
 # ---- comparability ------------------------------------------------------------------------------------------------
@@ -222,54 +246,52 @@ def _match_sequences(a: RunData, b: RunData, common: list[str]) -> tuple[np.ndar
     return ia, ib
 
 
-def _gather(arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """arr[idx], without the copy when idx is the identity permutation (the common case for aligned runs)."""
-    if len(idx) == len(arr) and (
-        len(idx) == 0 or (idx[0] == 0 and idx[-1] == len(arr) - 1 and (np.diff(idx) > 0).all())
-    ):
-        return arr
-    return arr[idx]
+def _rows(run: RunData, seqs: np.ndarray, counts: np.ndarray) -> Rows:
+    """Row indices of the first counts[i] rows of each sequence seqs[i], in order; None when that is every row of the
+    run in its own order (two runs of one suite, fully aligned: no index array and no gathered copies then)."""
+    n = len(seqs)
+    if n == len(run.offsets) - 1 and np.array_equal(counts, run.lengths) and np.array_equal(seqs, np.arange(n)):
+        return None
+    return np.repeat(run.offsets[seqs] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
 
 
-def _segments(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row indices, position within segment) for segments [starts[i], starts[i] + counts[i])."""
-    total = int(counts.sum())
-    seg_begin = np.cumsum(counts) - counts
-    local = np.arange(total) - np.repeat(seg_begin, counts)
-    return np.repeat(starts, counts) + local, local
+def _take(arr: np.ndarray, rows: Rows) -> np.ndarray:
+    """arr[rows], or arr itself when rows is None (all rows, in order)."""
+    return arr if rows is None else arr[rows]
 
 
 # ---- harmony channels --------------------------------------------------------------------------------------------
 
 
-def channel_labels(tok: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Per row, the harmony channel its token belongs to: 0 other, 1 analysis, 2 final (int8).
+def channel_labels(tok: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Per row (every row, or only rows), the harmony channel its token belongs to: 0 other, 1 analysis, 2 final (int8).
 
     A token is in a channel's message when the last <|message|> before it (same sequence) comes after the last
     <|end|>, <|return|>, <|call|>, <|start|> or <|channel|> before it, and that message's header (the last <|channel|>
     before the <|message|>, after the last <|start|>) names the channel. The closing <|end|>/<|return|>/<|call|>
     belongs to the message it closes; header tokens are "other". Uses only tokens before the row, so two runs with
-    the same prefix agree on the label at their first divergence. Pinned by tests/test_diff.py::test_channel_labels.
+    the same prefix agree on the label at their first divergence. Found by binary search over the positions of the
+    special tokens, so labelling a few rows costs one pass over the tokens. Pinned by test_diff.py::test_channel_labels.
     """
     n = len(tok)
-    out = np.zeros(n, np.int8)
-    if n == 0:
+    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+    out = np.zeros(len(rows), np.int8)
+    if n == 0 or len(rows) == 0:
         return out
-    idx = np.arange(n)
-    seq_start = np.repeat(offsets[:-1], np.diff(offsets))
+    seq_start = offsets[np.searchsorted(offsets, rows, side="right") - 1]
 
-    def last_before(mask: np.ndarray) -> np.ndarray:
-        acc = np.maximum.accumulate(np.where(mask, idx, -1))
-        return np.concatenate([[-1], acc[:-1]])
+    def last(positions: np.ndarray, at: np.ndarray, side: str = "left") -> np.ndarray:  # last < at ("left"), <= at
+        i = np.searchsorted(positions, at, side=side) - 1
+        return np.where(i >= 0, positions[np.maximum(i, 0)], -1) if len(positions) else np.full(len(at), -1)
 
-    msg = last_before(tok == MESSAGE)
-    close = last_before(np.isin(tok, (END, RETURN, CALL, START, CHANNEL)))
+    msg = last(np.flatnonzero(tok == MESSAGE), rows)
+    close = last(np.flatnonzero(np.isin(tok, (END, RETURN, CALL, START, CHANNEL))), rows)
     body = np.flatnonzero((msg >= seq_start) & (msg > close))
     if len(body) == 0:
         return out
     m = msg[body]
-    chan = np.maximum.accumulate(np.where(tok == CHANNEL, idx, -1))[m]
-    start = np.maximum.accumulate(np.where(tok == START, idx, -1))[m]
+    chan = last(np.flatnonzero(tok == CHANNEL), m, "right")
+    start = last(np.flatnonzero(tok == START), m, "right")
     ok = (chan >= seq_start[body]) & (chan > start)
     names = np.where(ok, tok[np.minimum(np.maximum(chan, 0) + 1, n - 1)], -1)
     out[body] = np.where(names == ANALYSIS_TOKEN, 1, np.where(names == FINAL_TOKEN, 2, 0))
@@ -321,13 +343,13 @@ def diff_runs(
     sa, sb = a.offsets[ia], b.offsets[ib]
     la, lb = a.lengths[ia], b.lengths[ib]
     m = np.minimum(la, lb)
-    rows_a, local = _segments(sa, m)
-    rows_b, _ = _segments(sb, m)
-    seg = np.repeat(np.arange(len(ia)), m)
-    neq = np.flatnonzero(_gather(a.token_id, rows_a) != _gather(b.token_id, rows_b))
+    # first divergence: the first differing token over the common length, else the shorter length (prefix rule)
+    neq = np.flatnonzero(_take(a.token_id, _rows(a, ia, m)) != _take(b.token_id, _rows(b, ib, m)))
     d = np.where(la == lb, -1, m).astype(np.int64)
-    first_seg, first = np.unique(seg[neq], return_index=True)
-    d[first_seg] = local[neq[first]]
+    if len(neq):
+        seg = np.searchsorted(np.cumsum(m), neq, side="right")
+        first = np.flatnonzero(np.diff(seg, prepend=-1))
+        d[seg[first]] = neq[first] - (np.cumsum(m) - m)[seg[first]]
     div = d >= 0
     ra = np.where(div & (d < la), sa + d, -1)
     rb = np.where(div & (d < lb), sb + d, -1)
@@ -345,49 +367,27 @@ def diff_runs(
     vllm = np.ones(len(d), bool)
     if both.any():
         vllm[both] = _in_topk(b.topk_ids, rb[both], tok_a[both]) & _in_topk(a.topk_ids, ra[both], tok_b[both])
-    chan_a = channel_labels(a.token_id, a.offsets)
-    chan = np.where(ra >= 0, chan_a[np.maximum(ra, 0)] if len(chan_a) else 0, 0)
-    if prefix_case.any():
-        chan_b = channel_labels(b.token_id, b.offsets)
-        chan = np.where(ra < 0, np.where(rb >= 0, chan_b[np.maximum(rb, 0)] if len(chan_b) else 0, 0), chan)
+    # channel at d: A's row, or B's where A has none (prefix case); only the divergent rows are labelled
+    chan = np.full(len(d), -1, np.int8)
+    on_a, on_b = np.flatnonzero(ra >= 0), np.flatnonzero((ra < 0) & (rb >= 0))
+    chan[on_a] = channel_labels(a.token_id, a.offsets, ra[on_a])
+    chan[on_b] = channel_labels(b.token_id, b.offsets, rb[on_b])
     special = (tok_a >= SPECIAL_MIN) | (tok_b >= SPECIAL_MIN)
-    categories = np.array([a.reader.prompts[a.prompt_ids[p]].get("category") or "none" for p in a.seq_prompt[ia]])
-    seq = {
-        "ia": ia,
-        "ib": ib,
-        "prompt": a.seq_prompt[ia],
-        "sample": a.seq_sample[ia],
-        "len_a": la,
-        "len_b": lb,
-        "d": d,
-        "token_a": tok_a,
-        "token_b": tok_b,
-        "margin_a": margin_a,
-        "margin_b": margin_b,
-        "cls": cls,
-        "vllm_rule": vllm,
-        "channel": np.where(div, chan, -1),
-        "special": special,
-        "category": categories,
-    }
+    prompts = a.reader.prompts
+    names = [prompts[p].get("category") or "none" for p in a.prompt_ids]
+    categories = np.array(names, dtype=object)[a.seq_prompt[ia]].astype(str) if len(ia) else np.array([], str)
+    seq = dict(ia=ia, ib=ib, prompt=a.seq_prompt[ia], sample=a.seq_sample[ia], len_a=la, len_b=lb, d=d)
+    seq |= dict(token_a=tok_a, token_b=tok_b, margin_a=margin_a, margin_b=margin_b, cls=cls, vllm_rule=vllm)
+    seq |= dict(channel=chan, special=special, category=categories)
     # teacher-forced on the common prefix: positions before d (all positions of identical sequences)
     mode = ("delta" if scored is not None else "full") if prefix_metrics == "auto" else prefix_metrics
     prefix: dict[str, Any] = {"source": "prefix", "n_positions": None}
     if mode != "none":
         n_pre = np.where(div, d, la)
-        pre_a, pre_pos = _segments(sa, n_pre)
-        pre_b, _ = _segments(sb, n_pre)
-        prefix = _teacher(a, b, pre_a, pre_b, pre_pos, source="prefix", lists=mode == "full")
-    pair = PairDiff(
-        a=a,
-        b=b,
-        tau=tau,
-        common=common,
-        dropped=dropped,
-        seq=seq,
-        prefix=prefix,
-        unmatched={"a": len(a.offsets) - 1 - len(ia), "b": len(b.offsets) - 1 - len(ib)},
-    )
+        rows_a, rows_b = _rows(a, ia, n_pre), _rows(b, ib, n_pre)
+        prefix = _teacher(a, b, rows_a, rows_b, n_pre, source="prefix", lists=mode == "full")
+    unmatched = {"a": len(a.offsets) - 1 - len(ia), "b": len(b.offsets) - 1 - len(ib)}
+    pair = PairDiff(a, b, tau, common, dropped, seq, unmatched, prefix)
     if scored is not None:
         pair.scored = teacher_from_scored(a, scored, common)
     if decode_context:
@@ -411,28 +411,27 @@ def _in_topk(topk_ids: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> np.n
     return (topk_ids[rows] == tokens[:, None]).any(axis=1)
 
 
-def _teacher(
-    a: RunData, b: RunData, rows_a: np.ndarray, rows_b: np.ndarray, pos: np.ndarray, source: str, lists: bool = True
-) -> dict[str, Any]:
-    """token_metrics over aligned rows (lists=False: delta statistics only) plus mean |delta| by position."""
-    lp_a, lp_b = _gather(a.logprob, rows_a), _gather(b.logprob, rows_b)
-    k = min(a.k, b.k)  # lists of different K are compared over their common top-k (the rest joins the tail)
-    if lists and k:
-        ta, tb = (_gather(x if a.k == k else x[:, :k], rows_a) for x in (a.topk_ids, a.topk_logprobs))
-        ua, ub = (_gather(x if b.k == k else x[:, :k], rows_b) for x in (b.topk_ids, b.topk_logprobs))
-        metrics = token_metrics(lp_a, lp_b, ta, tb, ua, ub)
+def _teacher(a: RunData, b: RunData, rows_a: Rows, rows_b: Rows, counts: np.ndarray, source: str, lists=True) -> dict:
+    """token_metrics over aligned rows (None: all rows; lists=False: delta statistics only) plus mean |delta| by
+    position; the rows are the first counts[i] of each compared sequence. The top-K lists are gathered chunk by chunk
+    inside rig.stats, never copied whole."""
+    lp_a, lp_b = _take(a.logprob, rows_a), _take(b.logprob, rows_b)
+    if lists and min(a.k, b.k):  # lists of different K are compared over their common top-k (the rest joins the tail)
+        lists_ab = (a.topk_ids, a.topk_logprobs, b.topk_ids, b.topk_logprobs)
+        metrics = token_metrics(lp_a, lp_b, *lists_ab, rows_a=rows_a, rows_b=rows_b)
     else:
         metrics = token_metrics(lp_a, lp_b)
+    pos = np.arange(len(lp_a)) - np.repeat(np.cumsum(counts) - counts, counts)
     p, mad = mean_by_position(pos, np.abs(lp_b.astype(np.float64) - lp_a))
     metrics["source"] = source
-    metrics["by_position"] = {"pos": p.tolist(), "mean_abs_delta": [round(float(x), 8) for x in mad]}
+    metrics["by_position"] = {"pos": p.tolist(), "mean_abs_delta": [round(x, 8) for x in mad.tolist()]}
     return metrics
 
 
-def teacher_from_scored(a: RunData, s: RunData, common: list[str] | None = None) -> dict[str, Any]:
-    """Teacher-forced metrics of A against S, a run that scored A's tokens under another stack (nats).
+def _scored_rows(a: RunData, s: RunData, common: list[str] | None = None) -> tuple[np.ndarray, Rows, Rows]:
+    """(A's sequences that S scored, their rows in A, the same rows in S; None = all rows in order).
 
-    Refuses (UserError) a scored run whose tokens are not A's tokens, naming the first differing sequence.
+    Refuses (UserError) an S that is not a scored run, or whose tokens are not A's, naming the first differing sequence.
     """
     if s.manifest.get("kind") != "score":
         raise UserError(f"{s.path}: not a scored run (manifest 'kind' is {s.manifest.get('kind')!r}, not 'score')")
@@ -440,40 +439,60 @@ def teacher_from_scored(a: RunData, s: RunData, common: list[str] | None = None)
     in_s = set(common_s)
     common = [p for p in (common or common_s) if p in in_s]
     ia, i_s = _match_sequences(a, s, common)
-    la, ls = a.lengths[ia], s.lengths[i_s]
-    rows_a, pos = _segments(a.offsets[ia], la)
-    bad = np.flatnonzero(la != ls)
+    la = a.lengths[ia]
+    rows_a, rows_s = _rows(a, ia, la), None
+    bad = np.flatnonzero(la != s.lengths[i_s])
     if len(bad) == 0:
-        rows_s, _ = _segments(s.offsets[i_s], ls)
-        mism = np.flatnonzero(_gather(a.token_id, rows_a) != _gather(s.token_id, rows_s))
+        rows_s = _rows(s, i_s, la)
+        mism = np.flatnonzero(_take(a.token_id, rows_a) != _take(s.token_id, rows_s))
         if len(mism):
             bad = np.searchsorted(np.cumsum(la), mism[:1], side="right")
     if len(bad):
-        j = int(bad[0])
-        raise UserError(
-            f"{s.path}: did not score {a.path}'s tokens (prompt {a.prompt_ids[a.seq_prompt[ia[j]]]!r}, sample "
-            f"{int(a.seq_sample[ia[j]])} differs)"
-        )
-    out = _teacher(a, s, rows_a, rows_s, pos, source="scored")
+        j = ia[int(bad[0])]
+        which = f"prompt {a.prompt_ids[a.seq_prompt[j]]!r}, sample {int(a.seq_sample[j])}"
+        raise UserError(f"{s.path}: did not score {a.path}'s tokens ({which} differs)")
+    return ia, rows_a, rows_s
+
+
+def teacher_from_scored(a: RunData, s: RunData, common: list[str] | None = None) -> dict[str, Any]:
+    """Teacher-forced metrics of A against S, a run that scored A's tokens under another stack (nats).
+
+    Refuses (UserError) a scored run whose tokens are not A's tokens, naming the first differing sequence.
+    """
+    ia, rows_a, rows_s = _scored_rows(a, s, common)
+    out = _teacher(a, s, rows_a, rows_s, a.lengths[ia], source="scored")
     out["run"] = str(s.path)
     out["sequences"] = int(len(ia))
     return out
+
+
+def sequence_teacher(a: RunData, s: RunData) -> dict[tuple[str, int], float]:
+    """Per (prompt id, sample) of A that S scored: the teacher-forced mean |lp_S(a_i) - lp_A(a_i)| over that
+    sequence's tokens, in nats (NaN for a sequence of no tokens). S is a run of kind "score" of A's tokens; refuses
+    (UserError) any other run exactly as teacher_from_scored does."""
+    ia, rows_a, rows_s = _scored_rows(a, s)
+    counts = a.lengths[ia]
+    absdelta = np.abs(_take(s.logprob, rows_s).astype(np.float64) - _take(a.logprob, rows_a))
+    means = np.full(len(ia), np.nan)
+    nonempty = np.flatnonzero(counts)
+    if len(nonempty):  # reduceat over the starts of non-empty sequences: each sum runs to the next start
+        means[nonempty] = np.add.reduceat(absdelta, (np.cumsum(counts) - counts)[nonempty]) / counts[nonempty]
+    keys = zip(a.seq_prompt[ia].tolist(), a.seq_sample[ia].tolist(), strict=True)
+    return {(a.prompt_ids[p], smp): float(x) for (p, smp), x in zip(keys, means.tolist(), strict=True)}
 
 
 def _contexts(a: RunData, b: RunData, seq: dict[str, np.ndarray], n: int) -> list[dict[str, str]]:
     """Decoded text around each divergence: n tokens before d, and each run's n tokens from d on."""
     from rig.suite import decode
 
-    out = []
-    for i in np.flatnonzero(seq["d"] >= 0):
-        d = int(seq["d"][i])
-        sa, sb = a.offsets[seq["ia"][i]], b.offsets[seq["ib"][i]]
-        la, lb = int(seq["len_a"][i]), int(seq["len_b"][i])
-        out.append(
-            {
-                "before": decode(a.token_id[sa + max(0, d - n) : sa + d]),
-                "a": decode(a.token_id[sa + d : sa + min(la, d + n)]),
-                "b": decode(b.token_id[sb + d : sb + min(lb, d + n)]),
-            }
-        )
-    return out
+    div = np.flatnonzero(seq["d"] >= 0)
+    sa, sb = a.offsets[seq["ia"][div]].tolist(), b.offsets[seq["ib"][div]].tolist()
+    cols = zip(seq["d"][div].tolist(), sa, sb, seq["len_a"][div].tolist(), seq["len_b"][div].tolist(), strict=True)
+    return [
+        {
+            "before": decode(a.token_id[s_a + max(0, d - n) : s_a + d]),
+            "a": decode(a.token_id[s_a + d : s_a + min(l_a, d + n)]),
+            "b": decode(b.token_id[s_b + d : s_b + min(l_b, d + n)]),
+        }
+        for d, s_a, s_b, l_a, l_b in cols
+    ]

@@ -54,7 +54,14 @@ def match_lists(ids_a: np.ndarray, ids_b: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def kl_topk(
-    ids_a: np.ndarray, lps_a: np.ndarray, ids_b: np.ndarray, lps_b: np.ndarray, eps: float = TAIL_EPS
+    ids_a: np.ndarray,
+    lps_a: np.ndarray,
+    ids_b: np.ndarray,
+    lps_b: np.ndarray,
+    eps: float = TAIL_EPS,
+    *,
+    rows_a: np.ndarray | None = None,
+    rows_b: np.ndarray | None = None,
 ) -> np.ndarray:
     """KL(A||B) per row (nats) over the union of the two top-K lists plus one tail bucket (docs/metrics.md, "KL").
 
@@ -62,28 +69,59 @@ def kl_topk(
     list gets e = min(q_K, T / (m + 1)), q_K being its K-th (last listed) probability and m how many union tokens X
     lacks; the tail bucket keeps R = T - m * e. Both vectors are divided by their sums Z = sum q + T and
     KL = sum P_A (log P_A - log P_B). Float64 throughout; log-probabilities are clamped at -700 so that -inf entries
-    stay finite. Rows are processed in chunks. Pinned by tests/test_stats.py::test_kl_known_values.
+    stay finite. Lists of different K are compared over their first min(K_A, K_B) entries. rows_a/rows_b (optional)
+    select the rows compared (row i is ids_a[rows_a[i]] against ids_b[rows_b[i]]); they are gathered chunk by chunk
+    (16,384 rows, a few MB), so no aligned copy of the (n, K) arrays is ever made.
+    Pinned by tests/test_stats.py::test_kl_known_values.
     """
-    n, k = ids_a.shape
+    k = min(ids_a.shape[1], ids_b.shape[1])
+    n = len(rows_a) if rows_a is not None else len(ids_a)
     if k == 0:
         return np.full(n, np.nan)
     out = np.empty(n)
-    step = 1 << 15
+    step = min(n, 1 << 14)
+    work = _Work(step, k)  # reused buffers: fresh multi-MB arrays per chunk cost more in page faults than in arithmetic
     for s in range(0, n, step):
         sl = slice(s, min(n, s + step))
-        out[sl] = _kl_chunk(ids_a[sl], lps_a[sl], ids_b[sl], lps_b[sl], eps)
+        ia, la = _chunk(ids_a, rows_a, sl, k), _chunk(lps_a, rows_a, sl, k)
+        ib, lb = _chunk(ids_b, rows_b, sl, k), _chunk(lps_b, rows_b, sl, k)
+        out[sl] = _kl_chunk(ia, la, ib, lb, eps, work)
     return out
 
 
-def _kl_chunk(ids_a: np.ndarray, lps_a: np.ndarray, ids_b: np.ndarray, lps_b: np.ndarray, eps: float) -> np.ndarray:
+class _Work:
+    """Float64 scratch arrays for _kl_chunk, (rows, k) each, allocated once per kl_topk call."""
+
+    def __init__(self, rows: int, k: int):
+        self.la, self.lb, self.qa, self.qb = (np.empty((rows, k)) for _ in range(4))
+        self.ones = np.ones(k)
+
+    def views(self, n: int) -> tuple[np.ndarray, ...]:
+        return self.la[:n], self.lb[:n], self.qa[:n], self.qb[:n]
+
+
+def _chunk(x: np.ndarray, rows: np.ndarray | None, sl: slice, k: int) -> np.ndarray:
+    """The first k columns of rows[sl] of x (of x[sl] when rows is None), C-contiguous."""
+    if rows is not None:
+        return x[rows[sl], :k] if x.shape[1] != k else x[rows[sl]]
+    return np.ascontiguousarray(x[sl, :k])
+
+
+def _kl_chunk(
+    ids_a: np.ndarray, lps_a: np.ndarray, ids_b: np.ndarray, lps_b: np.ndarray, eps: float, work: _Work | None = None
+) -> np.ndarray:
     n, k = ids_a.shape
-    la, lb = lps_a.astype(np.float64), lps_b.astype(np.float64)
-    if la.min(initial=0.0) < -700.0 or lb.min(initial=0.0) < -700.0:
-        la, lb = np.maximum(la, -700.0), np.maximum(lb, -700.0)
-    qa, qb = np.exp(la), np.exp(lb)
-    ones = np.ones(k)
+    work = work or _Work(n, k)
+    la, lb, qa, qb = work.views(n)
+    la[...], lb[...] = lps_a, lps_b
+    if lps_a.min(initial=0.0) < -700.0 or lps_b.min(initial=0.0) < -700.0:
+        np.maximum(la, -700.0, out=la)
+        np.maximum(lb, -700.0, out=lb)
+    np.exp(la, out=qa)
+    np.exp(lb, out=qb)
+    ones = work.ones
     sa, sb = qa @ ones, qb @ ones
-    same, miss, hit, col = _match(ids_a, ids_b)
+    miss, hit, col = _match(ids_a, ids_b)[1:]
     rows = miss // k
     # both lists hold k distinct tokens, so each side lacks as many union tokens as the other: m = k - |A and B|
     m = np.bincount(rows[~hit], minlength=n)
@@ -95,7 +133,7 @@ def _kl_chunk(ids_a: np.ndarray, lps_a: np.ndarray, ids_b: np.ndarray, lps_b: np
     c = np.log(zb) - np.log(za)  # log P_A - log P_B = (log q_A - log q_B) + c
     # A's listed tokens, first as if B's list matched column by column, then corrected where it does not:
     # there B's log-probability is the matching entry's, or log e_B when the token is not in B's list
-    kl = np.einsum("ij,ij->i", qa, la - lb)
+    kl = np.multiply(np.subtract(la, lb, out=qb), qa, out=qb) @ ones  # qb is not needed after eb
     if len(miss):
         flat = miss % k
         lb_at = np.where(hit, lb[rows, col], np.log(eb[rows]))
@@ -119,12 +157,16 @@ def token_metrics(
     lps_a: np.ndarray | None = None,
     ids_b: np.ndarray | None = None,
     lps_b: np.ndarray | None = None,
+    *,
+    rows_a: np.ndarray | None = None,
+    rows_b: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Teacher-forced metrics over aligned rows (same token, same context on both sides).
 
     Returns {"n_positions", "mean_delta", "mean_abs_delta", "p99_abs_delta", "max_abs_delta", "exp_mean_abs_delta",
     "top1_agreement", "top1_disagreements", "mean_kl", "p99_kl", "max_kl"}; deltas and KL in nats, delta = lp_b - lp_a,
-    p99 by NumPy's linear interpolation. Values are None where there are no rows (or no top-K lists).
+    p99 by NumPy's linear interpolation. Values are None where there are no rows (or no top-K lists). lp_a and lp_b
+    are aligned; the top-K arrays are too, or are indexed by rows_a / rows_b (see kl_topk).
     """
     n = len(lp_a)
     out: dict[str, Any] = dict.fromkeys(
@@ -155,11 +197,13 @@ def token_metrics(
         exp_mean_abs_delta=math.exp(mad),
     )
     if ids_a is not None and ids_b is not None and ids_a.shape[1] and ids_b.shape[1]:
-        agree = ids_a[:, 0] == ids_b[:, 0]
+        top_a = ids_a[:, 0] if rows_a is None else ids_a[rows_a, 0]
+        top_b = ids_b[:, 0] if rows_b is None else ids_b[rows_b, 0]
+        agree = top_a == top_b
         out["top1_agreement"] = float(agree.mean())
         out["top1_disagreements"] = int(n - agree.sum())
-        if ids_a.shape == ids_b.shape and lps_a is not None and lps_b is not None:
-            kl = kl_topk(ids_a, lps_a, ids_b, lps_b)
+        if lps_a is not None and lps_b is not None:
+            kl = kl_topk(ids_a, lps_a, ids_b, lps_b, rows_a=rows_a, rows_b=rows_b)
             out.update(mean_kl=float(kl.mean()), p99_kl=float(np.percentile(kl, 99)), max_kl=float(kl.max()))
     return out
 

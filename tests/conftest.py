@@ -55,3 +55,16 @@ def hf_run_fp32(tiny_model, tmp_path_factory) -> Path:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def vllm_run(tiny_model, tmp_path_factory) -> Path:
+    """A complete vLLM bf16 greedy run of the default suite, 24 tokens per prompt (its own engine, closed after)."""
+    from rig import runner
+    from rig.spec import RunSpec, SamplingSpec
+    from rig.suite import load_suite
+
+    spec = RunSpec(stack="vllm", model=str(tiny_model), dtype="bfloat16", max_model_len=4096,
+                   sampling=SamplingSpec(max_new_tokens=24))
+    return runner.execute(spec, tmp_path_factory.mktemp("runs") / "vllm-bf16", suite=load_suite("default"),
+                          telemetry_hz=10.0)

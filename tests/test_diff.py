@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from rig.commands.diff import diff_command
-from rig.diff import channel_labels, check_prompts, diff_runs, load_run
+from rig.diff import channel_labels, check_prompts, diff_runs, load_run, sequence_teacher
 from rig.errors import UserError
 from rig.report.summary import Thresholds, diff_document, dumps, summarize
 from rig.runs import RunWriter
@@ -227,6 +227,37 @@ def test_scored_run_must_hold_a_tokens(tmp_path):
         diff_runs(load_run(a), load_run(b), scored=load_run(b))
 
 
+
+def test_sequence_teacher_means_per_sequence(tmp_path):
+    # A: p0 sample 0 (4 tokens), p0 sample 1 (2), p1 (3), p2 (1); S scores A's tokens of p0 and p1 only, with
+    # lp_S - lp_A = (0.1, -0.1, 0.2, 0.0), (0.3, 0.1), (-0.9, 0.0, 0.3): mean |delta| 0.1, 0.2 and 0.4 nats
+    toks = {("p0", 0): [5, 6, 7, 8], ("p0", 1): [5, 9], ("p1", 0): [5, 6, 7], ("p2", 0): [4]}
+    deltas = {("p0", 0): [0.1, -0.1, 0.2, 0.0], ("p0", 1): [0.3, 0.1], ("p1", 0): [-0.9, 0.0, 0.3]}
+    lp_a = {key: -0.5 - 0.25 * np.arange(len(t), dtype=np.float32) for key, t in toks.items()}
+    prompts = [prompt(p) for p in ("p0", "p1", "p2")]
+    a_results = [seq(p, t, sample=smp, logprobs=lp_a[p, smp]) for (p, smp), t in toks.items()]
+    a = write_run(tmp_path / "a", prompts, a_results)
+    src = {"path": str(a), "name": "a", "spec_hash": "x", "tokens_hash": "y"}
+    s_results = [  # written in another order than A's: matched by (prompt, sample), not by row
+        seq(p, toks[p, smp], sample=smp, logprobs=lp_a[p, smp] + np.asarray(deltas[p, smp], np.float32))
+        for p, smp in (("p1", 0), ("p0", 1), ("p0", 0))
+    ]
+    s = write_run(tmp_path / "s", prompts[:2], s_results, kind="score", source_run=src)
+    run_a, run_s = load_run(a), load_run(s)
+    per_seq = sequence_teacher(run_a, run_s)
+    assert list(per_seq) == [("p0", 0), ("p0", 1), ("p1", 0)]  # A's order; p2 was not scored
+    assert [per_seq[k] for k in per_seq] == pytest.approx([0.1, 0.2, 0.4], abs=1e-6)
+    # the token-weighted mean of the per-sequence means is the scored run's mean |delta|
+    t = diff_runs(run_a, run_a, scored=run_s, decode_context=False).teacher
+    assert t["mean_abs_delta"] == pytest.approx((4 * 0.1 + 2 * 0.2 + 3 * 0.4) / 9, abs=1e-6)
+    # the same refusals as teacher_from_scored: a run that is not a scored run, one that scored other tokens
+    with pytest.raises(UserError, match="not a scored run"):
+        sequence_teacher(run_a, run_a)
+    other = [seq("p0", [5, 6, 7, 3]), seq("p0", [5, 9], sample=1), seq("p1", [5, 6, 7])]
+    bad = write_run(tmp_path / "bad", prompts[:2], other, kind="score", source_run=src)
+    with pytest.raises(UserError, match=r"did not score .*prompt 'p0', sample 0"):
+        sequence_teacher(run_a, load_run(bad))
+
 # ---- comparability, floor, verdict --------------------------------------------------------------------------------
 
 
@@ -365,15 +396,17 @@ def test_real_scored_run_teacher_forced(hf_run_bf16, hf_run_fp32, tiny_model, tm
     assert pair.prefix["mean_abs_delta"] == pytest.approx(t["mean_abs_delta"], rel=0.5)
 
 
-def test_real_hf_against_vllm(request):
-    try:
-        hf = request.getfixturevalue("hf_run_bf16")
-        vllm = request.getfixturevalue("vllm_run")
-    except pytest.FixtureLookupError:
-        pytest.skip("fixture vllm_run is not in tests/conftest.py yet")
-    doc = diff_document(diff_runs(load_run(hf), load_run(vllm), force=False))
-    assert doc["summary"]["sequences"] > 0
-    assert doc["teacher_forced"]["n_positions"] >= 0
+@pytest.mark.slow
+def test_real_hf_against_vllm(hf_run_bf16, vllm_run):
+    pair = diff_runs(load_run(hf_run_bf16), load_run(vllm_run))
+    doc = diff_document(pair)
+    assert doc["summary"]["sequences"] == 29
+    assert pair.a.manifest["spec"]["stack"] == "hf" and pair.b.manifest["spec"]["stack"] == "vllm"
+    # the same weights in bf16 on two stacks: close on the common prefix, but not bit-identical
+    t = doc["teacher_forced"]
+    assert t["n_positions"] > 0 and 0 < t["mean_abs_delta"] < 0.1
+    div = pair.seq["d"] >= 0
+    assert ((pair.seq["cls"][div] == 1) | (pair.seq["cls"][div] == 2)).all(), "every split is classified"
 
 
 def test_channel_name_tokens_match_harmony():

@@ -317,7 +317,7 @@ class OpenAIStack(Stack):
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         if self._http is not None:
             self._http.close()
