@@ -41,8 +41,13 @@ def main() -> None:
     prompts = load_suite("default").prompts
     results = {}
     for k in (20, 0):
-        spec = RunSpec(model=args.model, dtype=args.dtype, logprobs=k, batch_size=args.batch_size,
-                       sampling=SamplingSpec(max_new_tokens=args.max_new_tokens, stop_token_ids=(-1,)))
+        spec = RunSpec(
+            model=args.model,
+            dtype=args.dtype,
+            logprobs=k,
+            batch_size=args.batch_size,
+            sampling=SamplingSpec(max_new_tokens=args.max_new_tokens, stop_token_ids=(-1,)),
+        )
         stack = hf.HFStack(spec)
         stack.load()
         batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
@@ -103,12 +108,16 @@ def main() -> None:
         }
         stack.close()
 
-    print(f"hf stack vs bare generate: {len(prompts)} prompts x {args.max_new_tokens} tokens, batch {args.batch_size}, "
-          f"{args.dtype}, median of {args.repeats}, torch threads {torch.get_num_threads()}")
+    print(
+        f"hf stack vs bare generate: {len(prompts)} prompts x {args.max_new_tokens} tokens, batch {args.batch_size}, "
+        f"{args.dtype}, median of {args.repeats}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'K':>3} {'rig s':>8} {'bare s':>8} {'overhead':>9} {'capture B/token':>16} {'full logits B/token':>20}")
     for r in results.values():
-        print(f"{r['k']:>3} {r['rig_s']:>8.3f} {r['bare_s']:>8.3f} {r['overhead_pct']:>8.2f}% "
-              f"{r['capture_bytes_per_token']:>16} {r['full_logits_bytes_per_token']:>20}")
+        print(
+            f"{r['k']:>3} {r['rig_s']:>8.3f} {r['bare_s']:>8.3f} {r['overhead_pct']:>8.2f}% "
+            f"{r['capture_bytes_per_token']:>16} {r['full_logits_bytes_per_token']:>20}"
+        )
     print(json.dumps({"bench": "hf_capture", "results": list(results.values())}))
 
 

@@ -46,13 +46,21 @@ def main() -> None:
 # ---- options shared by run and score -------------------------------------------------------------------------------
 
 SPEC_OPTIONS = [
-    click.option("--spec", "spec_file", type=click.Path(dir_okay=False), help="TOML file with RunSpec fields; flags override it."),
+    click.option(
+        "--spec", "spec_file", type=click.Path(dir_okay=False), help="TOML file with RunSpec fields; flags override it."
+    ),
     click.option("--stack", type=click.Choice(["hf", "vllm", "openai"]), help="Inference stack. [default: hf]"),
     click.option("--model", help="Local model directory or hub id (openai: the served model name)."),
     click.option("--revision", help="Hub revision (commit) of the model."),
-    click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), help="Activation dtype. [default: bfloat16]"),
-    click.option("--quantization", type=click.Choice(["auto", "mxfp4", "dequantize", "none"]), help="MXFP4 path. [default: auto]"),
-    click.option("--attention", help="Attention implementation or backend (hf: eager, flex_attention, ...). [default: auto]"),
+    click.option(
+        "--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), help="Activation dtype. [default: bfloat16]"
+    ),
+    click.option(
+        "--quantization", type=click.Choice(["auto", "mxfp4", "dequantize", "none"]), help="MXFP4 path. [default: auto]"
+    ),
+    click.option(
+        "--attention", help="Attention implementation or backend (hf: eager, flex_attention, ...). [default: auto]"
+    ),
     click.option("--experts", help="MoE experts implementation (hf: eager, grouped_mm, batched_mm). [default: auto]"),
     click.option("--device", help="cpu, cuda, cuda:1 ... [default: auto]"),
     click.option("--seed", type=int, help="Sampling seed. [default: 0]"),
@@ -60,12 +68,16 @@ SPEC_OPTIONS = [
     click.option("--top-p", type=float, help="[default: 1.0]"),
     click.option("--top-k", type=int, help="0 disables. [default: 0]"),
     click.option("--max-new-tokens", type=int, help="[default: 64]"),
-    click.option("--stop-token-id", "stop_token_ids", type=int, multiple=True, help="Repeatable. [default: 200002 200012]"),
+    click.option(
+        "--stop-token-id", "stop_token_ids", type=int, multiple=True, help="Repeatable. [default: 200002 200012]"
+    ),
     click.option("--logprobs", type=int, help="Top-K alternatives recorded per token, 0..20. [default: 20]"),
     click.option("--batch-size", type=int, help="Sequences per batch (and per tokens/ part). [default: 8]"),
     click.option("--samples", type=int, help="Samples per prompt. [default: 1]"),
     click.option("--coupled/--no-coupled", default=None, help="Shared Gumbel noise when sampling. [default: on]"),
-    click.option("--engine-arg", "engine_args", multiple=True, metavar="NAME=VALUE", help="Extra stack argument, repeatable."),
+    click.option(
+        "--engine-arg", "engine_args", multiple=True, metavar="NAME=VALUE", help="Extra stack argument, repeatable."
+    ),
     click.option("--max-model-len", type=int, help="vLLM context length."),
     click.option("--base-url", help="openai: the endpoint, e.g. http://127.0.0.1:8000/v1"),
     click.option("--api-key-env", help="openai: name of the environment variable holding the API key."),
@@ -115,7 +127,14 @@ def build_spec(opts: dict[str, Any]):
 
 def _progress_runner(label: str, quiet: bool):
     """A (callback, context manager) pair drawing a rich progress bar over batches."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -141,11 +160,22 @@ def _progress_runner(label: str, quiet: bool):
 @spec_options
 @click.option("--suite", "suite_name", default="default", show_default=True, help="Bundled suite name or JSONL path.")
 @click.option("--date", "conversation_date", default=None, help="Harmony conversation date. [default: 2025-08-05]")
-@click.option("--reasoning-effort", type=click.Choice(["low", "medium", "high"]), help="Harmony reasoning effort. [default: medium]")
+@click.option(
+    "--reasoning-effort",
+    type=click.Choice(["low", "medium", "high"]),
+    help="Harmony reasoning effort. [default: medium]",
+)
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory to create.")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue a killed run from its last complete part.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False),
+    help="Continue a killed run from its last complete part.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
-@click.option("--telemetry-hz", type=float, default=10.0, show_default=True, help="Telemetry sampling rate; 0 turns it off.")
+@click.option(
+    "--telemetry-hz", type=float, default=10.0, show_default=True, help="Telemetry sampling rate; 0 turns it off."
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def run(suite_name, conversation_date, reasoning_effort, out, resume_dir, force, telemetry_hz, quiet, **opts):
     """Generate completions for a suite and record every token (logprob, top-K) into a run directory.
@@ -167,7 +197,9 @@ def run(suite_name, conversation_date, reasoning_effort, out, resume_dir, force,
     from rig.suite import RenderOptions, load_suite
 
     render = RenderOptions()
-    changes = {k: v for k, v in {"conversation_date": conversation_date, "reasoning_effort": reasoning_effort}.items() if v}
+    changes = {
+        k: v for k, v in {"conversation_date": conversation_date, "reasoning_effort": reasoning_effort}.items() if v
+    }
     render = RenderOptions(**{**render.to_dict(), **changes})
     suite = load_suite(suite_name, render)
     spec = build_spec(opts)
@@ -229,7 +261,9 @@ def suite_show(name_or_path, conversation_date, reasoning_effort, tokens):
     from rig.suite import RenderOptions, load_suite
 
     base = RenderOptions().to_dict()
-    base.update({k: v for k, v in {"conversation_date": conversation_date, "reasoning_effort": reasoning_effort}.items() if v})
+    base.update(
+        {k: v for k, v in {"conversation_date": conversation_date, "reasoning_effort": reasoning_effort}.items() if v}
+    )
     show_suite(load_suite(name_or_path, RenderOptions(**base)), with_tokens=tokens)
 
 
@@ -246,7 +280,13 @@ def tiny_model(out_dir, no_tokenizer):
 
 
 @main.command()
-@click.option("--model", "model_dir", default="models/tiny-gpt-oss", show_default=True, help="Tiny model directory (built if absent).")
+@click.option(
+    "--model",
+    "model_dir",
+    default="models/tiny-gpt-oss",
+    show_default=True,
+    help="Tiny model directory (built if absent).",
+)
 @click.option("--out", "out_dir", default="runs/demo", show_default=True, help="Where the demo's runs go.")
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
 @click.option("--stacks", default="hf,vllm", show_default=True, help="Two stacks to compare (hf,vllm or hf,hf).")

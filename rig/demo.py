@@ -35,8 +35,9 @@ def _specs(model: Path, stacks: list[str], max_new_tokens: int) -> dict[str, Run
         raise UserError(f"--stacks takes two stacks, e.g. hf,vllm or hf,hf (got {','.join(stacks)})")
     extra = {"max_model_len": 2048}
     return {
-        f"{s}-bf16": RunSpec(stack=s, model=str(model), dtype="bfloat16", sampling=sampling,
-                             **(extra if s == "vllm" else {}))
+        f"{s}-bf16": RunSpec(
+            stack=s, model=str(model), dtype="bfloat16", sampling=sampling, **(extra if s == "vllm" else {})
+        )
         for s in stacks
     }
 
@@ -56,8 +57,10 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
     (name_a, spec_a), (name_b, spec_b) = specs.items()
     paths = {}
     for name, spec in specs.items():
-        console.print(f"[bold]run[/bold] {name}: {spec.stack} {spec.dtype}, {len(suite.prompts)} prompts x "
-                      f"{max_new_tokens} tokens")
+        console.print(
+            f"[bold]run[/bold] {name}: {spec.stack} {spec.dtype}, {len(suite.prompts)} prompts x "
+            f"{max_new_tokens} tokens"
+        )
         paths[name] = runner.execute(spec, out / name, suite=suite, force=True, telemetry_hz=10.0)
     from rig.runs import RunReader
 
@@ -71,8 +74,9 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
     pair = diff_runs(a, b, scored=b_on_a)
     fwd, back = sequence_teacher(a, b_on_a), sequence_teacher(b, a_on_b)
 
-    table = Table(title=f"{name_a} against {name_b}: greedy, near-tie when both margins < {pair.tau} nats",
-                  title_justify="left")
+    table = Table(
+        title=f"{name_a} against {name_b}: greedy, near-tie when both margins < {pair.tau} nats", title_justify="left"
+    )
     table.add_column("prompt")
     table.add_column("category")
     table.add_column("first split", justify="right")

@@ -129,7 +129,9 @@ def execute(
                 "spec_hash": source.manifest["spec_hash"],
                 "tokens_hash": source.tokens_hash(),
             }
-    requests = scoring_requests(source, prompts) if kind == "score" else generation_requests(prompts, spec.sampling.samples)
+    requests = (
+        scoring_requests(source, prompts) if kind == "score" else generation_requests(prompts, spec.sampling.samples)
+    )
     batches = plan_batches(requests, spec.batch_size)
 
     rec = _telemetry(spec, telemetry_hz)

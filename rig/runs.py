@@ -225,7 +225,9 @@ class RunWriter:
         """Parts whose Parquet file exists and whose completions were all appended."""
         tokens = self.path / TOKENS_DIR
         on_disk = {_part_index(p) for p in tokens.glob("part-*.parquet")} if tokens.exists() else set()
-        rows = read_jsonl(self.path / COMPLETIONS, tolerate_torn_tail=True) if (self.path / COMPLETIONS).exists() else []
+        rows = (
+            read_jsonl(self.path / COMPLETIONS, tolerate_torn_tail=True) if (self.path / COMPLETIONS).exists() else []
+        )
         expected = self.manifest.get("parts_plan", {})
         have: dict[int, int] = {}
         for r in rows:
@@ -305,7 +307,8 @@ class RunReader:
                 raise RunError(f"{mpath}: field {key!r} is missing")
         if self.manifest["schema_version"] != SCHEMA_VERSION:
             raise RunError(
-                f"{mpath}: field 'schema_version' is {self.manifest['schema_version']!r}; this rig reads {SCHEMA_VERSION}"
+                f"{mpath}: field 'schema_version' is {self.manifest['schema_version']!r}; "
+                f"this rig reads {SCHEMA_VERSION}"
             )
         self._prompts: dict[str, dict[str, Any]] | None = None
         self._tokens: pa.Table | None = None

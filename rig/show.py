@@ -38,8 +38,11 @@ def show_run(path: str, *, with_prompts: bool = True, console: Console | None = 
         ("stack / model", f"{spec['stack']} / {spec['model']}"),
         ("spec hash", m["spec_hash"]),
         ("dtype / quantization", f"{spec['dtype']} / {spec['quantization']}"),
-        ("sampling", f"T={s['temperature']} top_p={s['top_p']} top_k={s['top_k']} seed={s['seed']} "
-                     f"samples={s['samples']} max_new={s['max_new_tokens']} coupled={s['coupled']}"),
+        (
+            "sampling",
+            f"T={s['temperature']} top_p={s['top_p']} top_k={s['top_k']} seed={s['seed']} "
+            f"samples={s['samples']} max_new={s['max_new_tokens']} coupled={s['coupled']}",
+        ),
         ("top-K / batch", f"{spec['logprobs']} / {spec['batch_size']}"),
         ("suite", f"{m['suite']['name']} ({m['suite']['n_prompts']} prompts, hash {m['suite']['hash']})"),
         ("counts", ", ".join(f"{k} {v}" for k, v in m["counts"].items())),
@@ -74,7 +77,16 @@ def show_run(path: str, *, with_prompts: bool = True, console: Console | None = 
         phases = tel.get("phases") or []
         if phases:
             t = Table(title="telemetry phases", title_justify="left")
-            cols = ("name", "index", "duration_s", "tokens", "energy_j", "j_per_token", "mean_power_w", "proc_cpu_pct_mean")
+            cols = (
+                "name",
+                "index",
+                "duration_s",
+                "tokens",
+                "energy_j",
+                "j_per_token",
+                "mean_power_w",
+                "proc_cpu_pct_mean",
+            )
             for c in cols:
                 t.add_column(c)
             for ph in phases[:40]:

@@ -118,7 +118,9 @@ def harmony_encoding():
 
 
 def bundled_suites() -> list[str]:
-    return sorted(p.name.removesuffix(".jsonl") for p in resources.files("rig.suites").iterdir() if p.name.endswith(".jsonl"))
+    return sorted(
+        p.name.removesuffix(".jsonl") for p in resources.files("rig.suites").iterdir() if p.name.endswith(".jsonl")
+    )
 
 
 def resolve_suite_path(name_or_path: str) -> tuple[str, Path]:
@@ -130,7 +132,9 @@ def resolve_suite_path(name_or_path: str) -> tuple[str, Path]:
         return path.stem, path
     bundled = resources.files("rig.suites").joinpath(f"{name_or_path}.jsonl")
     if not bundled.is_file():
-        raise UserError(f"unknown suite {name_or_path!r}: not a file, and bundled suites are {', '.join(bundled_suites())}")
+        raise UserError(
+            f"unknown suite {name_or_path!r}: not a file, and bundled suites are {', '.join(bundled_suites())}"
+        )
     return name_or_path, Path(str(bundled))
 
 
@@ -170,7 +174,9 @@ def _check_record(rec: dict[str, Any], where: str) -> None:
         raise UserError(f"{where}: field 'id': required, a non-empty string")
     bodies = [k for k in ("messages", "text", "token_ids") if k in rec]
     if len(bodies) != 1:
-        raise UserError(f"{where}: exactly one of 'messages', 'text', 'token_ids' is required (found {bodies or 'none'})")
+        raise UserError(
+            f"{where}: exactly one of 'messages', 'text', 'token_ids' is required (found {bodies or 'none'})"
+        )
     if "messages" in rec:
         msgs = rec["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -223,7 +229,9 @@ def render_record(rec: dict[str, Any], render: RenderOptions) -> Prompt:
     else:
         ids, kind, source = list(rec["token_ids"]), "tokens", {}
     ref = rec.get("reference")
-    rtype = rec.get("reference_type") or (None if ref is None else "numeric" if isinstance(ref, int | float) else "exact")
+    rtype = rec.get("reference_type") or (
+        None if ref is None else "numeric" if isinstance(ref, int | float) else "exact"
+    )
     return Prompt(
         id=rec["id"],
         token_ids=tuple(int(t) for t in ids),
@@ -259,7 +267,9 @@ def render_messages(messages: list[dict[str, str]], render: RenderOptions, effor
     for m in messages:
         if m["role"] == "system" or m["role"] == "developer":
             # The harmony format keeps the system message for metadata; user-supplied instructions go to developer.
-            out.append(Message.from_role_and_content(Role.DEVELOPER, DeveloperContent.new().with_instructions(m["content"])))
+            out.append(
+                Message.from_role_and_content(Role.DEVELOPER, DeveloperContent.new().with_instructions(m["content"]))
+            )
         elif m["role"] == "user":
             out.append(Message.from_role_and_content(Role.USER, m["content"]))
         else:

@@ -64,7 +64,13 @@ def vllm_run(tiny_model, tmp_path_factory) -> Path:
     from rig.spec import RunSpec, SamplingSpec
     from rig.suite import load_suite
 
-    spec = RunSpec(stack="vllm", model=str(tiny_model), dtype="bfloat16", max_model_len=4096,
-                   sampling=SamplingSpec(max_new_tokens=24))
-    return runner.execute(spec, tmp_path_factory.mktemp("runs") / "vllm-bf16", suite=load_suite("default"),
-                          telemetry_hz=10.0)
+    spec = RunSpec(
+        stack="vllm",
+        model=str(tiny_model),
+        dtype="bfloat16",
+        max_model_len=4096,
+        sampling=SamplingSpec(max_new_tokens=24),
+    )
+    return runner.execute(
+        spec, tmp_path_factory.mktemp("runs") / "vllm-bf16", suite=load_suite("default"), telemetry_hz=10.0
+    )

@@ -27,13 +27,43 @@ def test_run_options_are_pinned(cli):
     from rig.cli import run
 
     names = sorted(o for p in run.params for o in p.opts)
-    assert names == sorted([
-        "--spec", "--stack", "--model", "--revision", "--dtype", "--quantization", "--attention", "--experts",
-        "--device", "--seed", "--temperature", "--top-p", "--top-k", "--max-new-tokens", "--stop-token-id",
-        "--logprobs", "--batch-size", "--samples", "--coupled", "--engine-arg", "--max-model-len", "--base-url",
-        "--api-key-env", "--concurrency", "--suite", "--date", "--reasoning-effort", "--out", "--resume", "--force",
-        "--telemetry-hz", "-q", "--quiet",
-    ])
+    assert names == sorted(
+        [
+            "--spec",
+            "--stack",
+            "--model",
+            "--revision",
+            "--dtype",
+            "--quantization",
+            "--attention",
+            "--experts",
+            "--device",
+            "--seed",
+            "--temperature",
+            "--top-p",
+            "--top-k",
+            "--max-new-tokens",
+            "--stop-token-id",
+            "--logprobs",
+            "--batch-size",
+            "--samples",
+            "--coupled",
+            "--engine-arg",
+            "--max-model-len",
+            "--base-url",
+            "--api-key-env",
+            "--concurrency",
+            "--suite",
+            "--date",
+            "--reasoning-effort",
+            "--out",
+            "--resume",
+            "--force",
+            "--telemetry-hz",
+            "-q",
+            "--quiet",
+        ]
+    )
 
 
 def test_suite_show(cli):
@@ -46,8 +76,23 @@ def test_run_then_show(cli, tiny_model, tmp_path):
     out = tmp_path / "r"
     suite = tmp_path / "s.jsonl"
     suite.write_text(json.dumps({"id": "q", "messages": [{"role": "user", "content": "Hi"}], "category": "x"}) + "\n")
-    res = cli.invoke(main, ["run", "--model", str(tiny_model), "--suite", str(suite), "--max-new-tokens", "5",
-                            "--out", str(out), "-q", "--telemetry-hz", "0"])
+    res = cli.invoke(
+        main,
+        [
+            "run",
+            "--model",
+            str(tiny_model),
+            "--suite",
+            str(suite),
+            "--max-new-tokens",
+            "5",
+            "--out",
+            str(out),
+            "-q",
+            "--telemetry-hz",
+            "0",
+        ],
+    )
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["counts"]["tokens"] == 5
@@ -78,8 +123,10 @@ def test_malformed_suite_exit_2_one_line_nothing_written(cli, tmp_path):
 
 
 def test_unknown_model_exit_2_nothing_written(cli, tmp_path):
-    res = cli.invoke(main, ["run", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "r"),
-                            "--telemetry-hz", "0", "-q"])
+    res = cli.invoke(
+        main,
+        ["run", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "r"), "--telemetry-hz", "0", "-q"],
+    )
     assert res.exit_code == 2
     assert "unknown model" in _one_error_line(res)
     assert not (tmp_path / "r").exists()

@@ -19,8 +19,9 @@ def prompts():
 
 @pytest.fixture(scope="module")
 def fp32_stack(tiny_model):
-    stack = HFStack(RunSpec(model=str(tiny_model), dtype="float32", batch_size=3,
-                            sampling=SamplingSpec(max_new_tokens=20)))
+    stack = HFStack(
+        RunSpec(model=str(tiny_model), dtype="float32", batch_size=3, sampling=SamplingSpec(max_new_tokens=20))
+    )
     stack.load()
     yield stack
     stack.close()
@@ -79,8 +80,9 @@ def test_coupled_sampling_is_reproducible_and_differs_from_greedy(tiny_model, pr
     assert stack.describe()["resolved"]["sampler"]["value"] == "coupled"
     # the recorded logprob is the raw one: a sampled token is often not the top-1
     assert any((r.token_ids != r.topk_ids[:, 0]).any() for r in one)
-    scored = stack.score([Request(p, r.sample, r.token_ids) for p, r in zip([prompts[0], prompts[0]], one[:2],
-                                                                           strict=True)])
+    scored = stack.score(
+        [Request(p, r.sample, r.token_ids) for p, r in zip([prompts[0], prompts[0]], one[:2], strict=True)]
+    )
     np.testing.assert_allclose(scored[0].logprobs, one[0].logprobs, atol=1e-4)
 
 

@@ -40,8 +40,14 @@ def _result(pid, sample, ids, k=3):
 
 def _manifest(k=3):
     spec = RunSpec(model="m", logprobs=k)
-    return {"kind": "generate", "spec": spec.to_dict(), "spec_hash": spec.hash(), "suite": {"name": "t", "hash": "h"},
-            "stack": {}, "parts_plan": {"0": 2, "1": 1}}
+    return {
+        "kind": "generate",
+        "spec": spec.to_dict(),
+        "spec_hash": spec.hash(),
+        "suite": {"name": "t", "hash": "h"},
+        "stack": {},
+        "parts_plan": {"0": 2, "1": 1},
+    }
 
 
 def test_round_trip(tmp_path):
@@ -49,12 +55,19 @@ def test_round_trip(tmp_path):
     w = RunWriter(tmp_path / "r")
     w.create(_manifest(), prompts)
     w.write_part(1, [_result("p2", 0, [7, 8, 9])], [{"prompt_id": "p2", "sample": 0, "n_tokens": 3}])
-    w.write_part(0, [_result("p1", 0, [4]), _result("p1", 1, [5, 6])],
-                 [{"prompt_id": "p1", "sample": 0, "n_tokens": 1}, {"prompt_id": "p1", "sample": 1, "n_tokens": 2}])
+    w.write_part(
+        0,
+        [_result("p1", 0, [4]), _result("p1", 1, [5, 6])],
+        [{"prompt_id": "p1", "sample": 0, "n_tokens": 1}, {"prompt_id": "p1", "sample": 1, "n_tokens": 2}],
+    )
     w.finish()
     r = RunReader(tmp_path / "r")
     assert r.manifest["status"] == "complete" and r.manifest["counts"] == {
-        "prompts": 2, "sequences": 3, "tokens": 6, "parts": 2}
+        "prompts": 2,
+        "sequences": 3,
+        "tokens": 6,
+        "parts": 2,
+    }
     t = r.tokens()
     assert t.column("prompt_id").to_pylist() == ["p1", "p1", "p1", "p2", "p2", "p2"]
     assert t.column("sample").to_pylist() == [0, 1, 1, 0, 0, 0]
@@ -99,8 +112,9 @@ def test_reader_names_file_and_field(tmp_path):
 
 
 def _rig(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "rig", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rig", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +129,23 @@ def small_suite(tmp_path_factory):
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tiny_model, small_suite, tmp_path):
-    args = ["--stack", "hf", "--model", str(tiny_model), "--suite", str(small_suite), "--batch-size", "2",
-            "--max-new-tokens", "24", "--dtype", "float32", "-q", "--telemetry-hz", "5"]
+    args = [
+        "--stack",
+        "hf",
+        "--model",
+        str(tiny_model),
+        "--suite",
+        str(small_suite),
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--dtype",
+        "float32",
+        "-q",
+        "--telemetry-hz",
+        "5",
+    ]
     proc = _rig("run", *args, "--out", str(tmp_path / "a"))
     tokens = tmp_path / "a" / "tokens"
     deadline = time.time() + 240

@@ -18,8 +18,11 @@ def write_suite(tmp_path, lines):
 
 GOOD = [
     {"id": "a", "messages": [{"role": "user", "content": "What is 2+2?"}], "reference": 4, "category": "arithmetic"},
-    {"id": "b", "messages": [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Hi"}],
-     "reasoning_effort": "low"},
+    {
+        "id": "b",
+        "messages": [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Hi"}],
+        "reasoning_effort": "low",
+    },
     {"id": "c", "text": "The capital of France is"},
     {"id": "d", "token_ids": [200006, 1428, 200008]},
 ]
