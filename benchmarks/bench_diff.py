@@ -200,13 +200,14 @@ def main() -> None:
         keep("A B: parquet decode only", timed(_decode_only, [paths["a"], paths["b"]]))
         ra, rb = keep("A B: load", timed(lambda: [load_run(a), load_run(b)]))
         keep("A B: metrics", timed(diff_runs, ra, rb))
+        del ra, rb  # each step starts with nothing loaded, as `rig diff` does: fresh pages cost here (sys time)
         doc2 = keep("A B: diff core (load+metrics+document)", timed(diff_paths, a, b))
         # with a scored run: teacher-forced metrics from S over every position (prefix: delta statistics only)
         keep("A B S: parquet decode only", timed(_decode_only, [paths[n] for n in ("a", "b", "s")]))
         ra, rb, rs = keep("A B S: load", timed(lambda: [load_run(a), load_run(b), load_run(s)]))
         keep("A B S: metrics", timed(diff_runs, ra, rb, scored=rs))
-        doc3 = keep("A B S: diff core (load+metrics+document)", timed(diff_paths, a, b, scored=s))
         del ra, rb, rs
+        doc3 = keep("A B S: diff core (load+metrics+document)", timed(diff_paths, a, b, scored=s))
         keep("report A B --scored S (HTML)", timed(build_report, [a, b], root / "report.html", scored=[s]))
         if not args.no_cli:
             keep("rig diff A B (whole CLI, fresh process)", cli("diff", a, b))

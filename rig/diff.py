@@ -8,7 +8,7 @@ a dictionary-encoded prompt_id; rig.runs.RunReader still checks the manifest and
 
     a, b, s = load_run("runs/hf"), load_run("runs/vllm"), load_run("runs/vllm-on-hf")
     pair = diff_runs(a, b, tau=0.1, scored=s)
-    pair.seq, pair.teacher, sequence_teacher(a, s)   # per-sequence columns, teacher-forced metrics, per-sequence |delta|
+    pair.seq, pair.teacher, sequence_teacher(a, s)   # per-sequence columns, teacher-forced metrics, |delta| per seq
 
 Definitions (exact): docs/metrics.md. Aggregates, the JSON document and the verdict: rig.report.summary.
 """
@@ -107,7 +107,7 @@ def load_run(path: str | Path, progress: Callable[[int, int], None] | None = Non
         m = t.num_rows
         _prompt_index(t.column("prompt_id"), pindex, c["prompt_id"][at : at + m], part)
         for name, _ in _COLUMNS[1:]:
-            _copy_column(t.column(name), c[name][at : at + m], f"{part}: field {name!r}")
+            _copy_column(t.column(name), c[name][at : at + m], part, name)
         at += m
         if progress:
             progress(i + 1, len(files))
@@ -150,7 +150,7 @@ def _numpy(arr: pa.Array) -> np.ndarray:
     return np.frombuffer(arr.buffers()[1], dtype, len(arr), arr.offset * dtype.itemsize)
 
 
-def _copy_column(col: pa.ChunkedArray, out: np.ndarray, where: str) -> None:
+def _copy_column(col: pa.ChunkedArray, out: np.ndarray, part: Path, name: str) -> None:
     """Copies an Arrow column (primitive, or fixed-size lists of width out.shape[1]) into out, one memcpy per chunk."""
     flat = out.reshape(-1)
     at = 0
@@ -160,7 +160,7 @@ def _copy_column(col: pa.ChunkedArray, out: np.ndarray, where: str) -> None:
             values = chunk.values if chunk.offset == 0 else chunk.flatten()
             values = values.slice(0, len(chunk) * chunk.type.list_size)
         if chunk.null_count or values.null_count:
-            raise RunError(f"{where} holds nulls")
+            raise RunError(f"{part}: field {name!r} holds nulls")
         arr = _numpy(values)
         flat[at : at + len(arr)] = arr
         at += len(arr)

@@ -227,7 +227,6 @@ def test_scored_run_must_hold_a_tokens(tmp_path):
         diff_runs(load_run(a), load_run(b), scored=load_run(b))
 
 
-
 def test_sequence_teacher_means_per_sequence(tmp_path):
     # A: p0 sample 0 (4 tokens), p0 sample 1 (2), p1 (3), p2 (1); S scores A's tokens of p0 and p1 only, with
     # lp_S - lp_A = (0.1, -0.1, 0.2, 0.0), (0.3, 0.1), (-0.9, 0.0, 0.3): mean |delta| 0.1, 0.2 and 0.4 nats
@@ -257,6 +256,7 @@ def test_sequence_teacher_means_per_sequence(tmp_path):
     bad = write_run(tmp_path / "bad", prompts[:2], other, kind="score", source_run=src)
     with pytest.raises(UserError, match=r"did not score .*prompt 'p0', sample 0"):
         sequence_teacher(run_a, load_run(bad))
+
 
 # ---- comparability, floor, verdict --------------------------------------------------------------------------------
 
