@@ -2,7 +2,7 @@
 
 Keeping `output_logits` for a whole generation costs vocabulary x 4 bytes per token per sequence (about 800 kB for
 gpt-oss), so the rig never keeps them: a logits processor placed before any warper sees the raw logits of each step,
-takes their logsumexp and top-K on the device, and keeps only those (K floats and ints per token). Every sampling
+takes their log-softmax and top-K on the device, and keeps only those (K floats and ints per token). Every sampling
 field is passed explicitly, because the gpt-oss generation config on the hub samples with top_k 50 unless told not to.
 
 `describe()` records what Transformers resolved (dtype, attention and experts implementation, the MXFP4 path, device,
@@ -33,7 +33,7 @@ class _Capture:
 
     The chosen token of step t is read from input_ids at step t + 1 (and from the final sequences after the last
     step), so the recorded logprob is that of the token Transformers actually appended, whatever chose it. Only the
-    previous step's logits row and logsumexp are held (a reference, no copy), never the whole generation's.
+    previous step's log-softmax row is held (one step, never the whole generation's).
     """
 
     def __init__(self, k: int, keys: list[tuple[str, int]], spec: Any, mode: str):
@@ -42,7 +42,7 @@ class _Capture:
         self.chosen_lp: list[Any] = []  # [B] per step, filled one step late
         self.top_ids: list[Any] = []
         self.top_lps: list[Any] = []
-        self._prev: tuple[Any, Any] | None = None  # (raw logits [B, V], logsumexp [B, 1]) of the last step
+        self._prev: Any = None  # the last step's log-softmax row [B, V] (held until its token is known)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
@@ -50,12 +50,14 @@ class _Capture:
         if self._prev is not None:
             self._gather(input_ids[:, -1])
         raw = scores.float()
-        lse = torch.logsumexp(raw, dim=-1, keepdim=True)
+        # One fused log-softmax pass is cheaper on the CPU than logsumexp plus a subtraction, and its top-K are
+        # already log-probabilities.
+        logprobs = torch.log_softmax(raw, dim=-1)
         if self.k:
-            v, i = torch.topk(raw, self.k, dim=-1)
+            v, i = torch.topk(logprobs, self.k, dim=-1)
             self.top_ids.append(i.to(torch.int32))
-            self.top_lps.append(v - lse)
-        self._prev = (raw, lse)
+            self.top_lps.append(v)
+        self._prev = logprobs
         self.step += 1
         if self.mode == "coupled":
             s = self.spec.sampling
@@ -64,8 +66,7 @@ class _Capture:
         return scores
 
     def _gather(self, tokens: Any) -> None:
-        raw, lse = self._prev
-        self.chosen_lp.append((raw.gather(-1, tokens[:, None]) - lse).squeeze(-1))
+        self.chosen_lp.append(self._prev.gather(-1, tokens[:, None]).squeeze(-1))
         self._prev = None
 
     def finish(self, last_tokens: Any) -> None:
