@@ -125,6 +125,15 @@ def build_spec(opts: dict[str, Any]):
     return spec
 
 
+def _execute(label: str, quiet: bool, spec, out, **kwargs):
+    """rig.runner.execute with a rich progress bar over batches; returns the run directory."""
+    from rig import runner
+
+    update, bar = _progress_runner(label, quiet)
+    with bar:
+        return runner.execute(spec, out, progress=update, **kwargs)
+
+
 def _progress_runner(label: str, quiet: bool):
     """A (callback, context manager) pair drawing a rich progress bar over batches."""
     from rich.progress import (
@@ -184,12 +193,11 @@ def run(suite_name, conversation_date, reasoning_effort, out, resume_dir, force,
     rig run --stack hf --model models/tiny --suite default --out runs/a
     rig run --resume runs/a             # after a crash or kill -9
     """
-    from rig import runner
 
     if resume_dir:
-        update, bar = _progress_runner(f"resume {Path(resume_dir).name}", quiet)
-        with bar:
-            path = runner.execute(None, resume_dir, resume=True, telemetry_hz=telemetry_hz, progress=update)
+        path = _execute(
+            f"resume {Path(resume_dir).name}", quiet, None, resume_dir, resume=True, telemetry_hz=telemetry_hz
+        )
         click.echo(f"resumed and completed {path}")
         return
     if not out:
@@ -203,9 +211,9 @@ def run(suite_name, conversation_date, reasoning_effort, out, resume_dir, force,
     render = RenderOptions(**{**render.to_dict(), **changes})
     suite = load_suite(suite_name, render)
     spec = build_spec(opts)
-    update, bar = _progress_runner(f"{spec.stack} {Path(out).name}", quiet)
-    with bar:
-        path = runner.execute(spec, out, suite=suite, force=force, telemetry_hz=telemetry_hz, progress=update)
+    path = _execute(
+        f"{spec.stack} {Path(out).name}", quiet, spec, out, suite=suite, force=force, telemetry_hz=telemetry_hz
+    )
     click.echo(f"wrote {path} (spec {spec.hash()})")
 
 
@@ -222,16 +230,14 @@ def score(source, out, force, telemetry_hz, quiet, **opts):
     The result is a run directory in the same schema (kind "score") whose manifest names the source run and the hash of
     its tokens; `rig diff A B --scored B_ON_A` reads it.
     """
-    from rig import runner
     from rig.runs import RunReader
 
     src = RunReader(source)
     if src.manifest["status"] != "complete":
         raise UserError(f"{source}: the run is {src.manifest['status']}; only complete runs can be scored")
     spec = build_spec(opts)
-    update, bar = _progress_runner(f"score {Path(source).name} with {spec.stack}", quiet)
-    with bar:
-        path = runner.execute(spec, out, source=src, force=force, telemetry_hz=telemetry_hz, progress=update)
+    label = f"score {Path(source).name} with {spec.stack}"
+    path = _execute(label, quiet, spec, out, source=src, force=force, telemetry_hz=telemetry_hz)
     click.echo(f"wrote {path} (scored {src.name} under spec {spec.hash()})")
 
 
