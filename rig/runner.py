@@ -7,6 +7,7 @@ as an uninterrupted run. Scoring (`rig score`) is the same loop over a source ru
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,12 +54,16 @@ def completion_record(result: SequenceResult) -> dict[str, Any]:
     }
 
 
+HASH_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rig" / "model-file-hashes.json"
+
+
 def model_record(model: str) -> dict[str, Any]:
+    """The model's path and the sha256 of each of its files (cached by size and mtime across runs)."""
     from rig.tiny import model_file_hashes
 
     path = Path(model)
     if path.is_dir():
-        return {"path": str(path.resolve()), "files": model_file_hashes(path)}
+        return {"path": str(path.resolve()), "files": model_file_hashes(path, cache=HASH_CACHE)}
     return {"path": model, "files": None, "note": "hub id: files are hashed only for local directories"}
 
 

@@ -145,7 +145,9 @@ def build_tokenizer(out_dir: Path) -> None:
 
 def _special_tokens() -> list[str]:
     """Special token strings for IDs 199998..201087 in ID order (reserved slots named as harmony names them)."""
-    enc = __import__("rig.suite", fromlist=["harmony_encoding"]).harmony_encoding()
+    from rig.suite import harmony_encoding
+
+    enc = harmony_encoding()
     names = []
     for tid in range(N_ORDINARY_TOKENS, VOCAB_SIZE):
         try:
@@ -155,16 +157,39 @@ def _special_tokens() -> list[str]:
     return names
 
 
-def model_file_hashes(model_dir: str | Path) -> dict[str, str]:
-    """{relative path: sha256} for every file of a model directory (sorted)."""
+def model_file_hashes(model_dir: str | Path, cache: str | Path | None = None) -> dict[str, str]:
+    """{relative path: sha256} for every file of a model directory (sorted).
+
+    With a cache file, a file whose size and modification time match the cached entry is not read again: hashing the
+    real gpt-oss-20b's 13 GB on every run would cost a minute.
+    """
     root = Path(model_dir)
-    out = {}
+    entries: dict[str, Any] = {}
+    if cache is not None and Path(cache).exists():
+        try:
+            entries = json.loads(Path(cache).read_text())
+        except (OSError, json.JSONDecodeError):
+            entries = {}
+    out, changed = {}, False
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        out[str(path.relative_to(root))] = h.hexdigest()
+        st = path.stat()
+        key = str(path.resolve())
+        hit = entries.get(key)
+        if hit and hit["size"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns:
+            digest = hit["sha256"]
+        else:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            digest = h.hexdigest()
+            entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+            changed = True
+        out[str(path.relative_to(root))] = digest
+    if cache is not None and changed:
+        from rig.runs import atomic_write_json
+
+        atomic_write_json(Path(cache), entries)
     return out
 
 

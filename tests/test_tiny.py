@@ -41,3 +41,18 @@ def test_tokenizer_matches_harmony(tiny_model):
     for text in ["Hello world, it's 2025!\n\n  x", "<|start|>user<|message|>hi<|end|>", "Ünïcode 日本語 123456"]:
         assert tok.encode(text, add_special_tokens=False) == enc.encode(text, allowed_special="all")
     assert tok.convert_ids_to_tokens([200002, 200012]) == ["<|return|>", "<|call|>"]
+
+
+def test_file_hash_cache_reuses_unchanged_files(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "a.bin").write_bytes(b"x" * 10)
+    cache = tmp_path / "cache.json"
+    first = model_file_hashes(model, cache=cache)
+    entries = json.loads(cache.read_text())
+    key = next(iter(entries))
+    entries[key]["sha256"] = "from-cache"
+    cache.write_text(json.dumps(entries))
+    assert model_file_hashes(model, cache=cache) == {"a.bin": "from-cache"}, "an unchanged file is not re-read"
+    (model / "a.bin").write_bytes(b"y" * 11)
+    assert model_file_hashes(model, cache=cache)["a.bin"] != first["a.bin"], "a changed file is hashed again"
