@@ -32,10 +32,10 @@ import pyarrow as pa  # noqa: E402
 pa.set_cpu_count(1)
 pa.set_io_thread_count(1)
 
-from rig.runs import RunWriter  # noqa: E402
-from rig.spec import RunSpec  # noqa: E402
+from rig.run.spec import RunSpec  # noqa: E402
+from rig.run.store import RunWriter  # noqa: E402
+from rig.run.suite import Prompt, token_hash  # noqa: E402
 from rig.stacks.base import SequenceResult  # noqa: E402
-from rig.suite import Prompt, token_hash  # noqa: E402
 
 K, VOCAB, BATCH = 20, 200_000, 8
 
@@ -176,10 +176,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed repetitions; the best is reported")
     ap.add_argument("--no-cli", action="store_true", help="skip the whole-CLI timing (a fresh process per repeat)")
     args = ap.parse_args()
-    from rig.diff import diff_runs, load_run
-    from rig.report import diff_paths
+    from rig.analysis.compare import diff_paths
+    from rig.analysis.diff import diff_runs
+    from rig.analysis.load import load_run
+    from rig.harmony import encoding as harmony_encoding
     from rig.report.html import build_report
-    from rig.suite import harmony_encoding
 
     harmony_encoding()  # its one-time load (about 0.3 s) is in the CLI row only
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-diff-"))

@@ -31,10 +31,10 @@ def main() -> None:
     from transformers import GenerationConfig
 
     import rig.stacks.hf as hf
-    from rig.spec import RunSpec, SamplingSpec, to_transformers
+    from rig.run.spec import RunSpec, SamplingSpec, to_transformers
+    from rig.run.suite import load_suite
     from rig.stacks.base import Request
-    from rig.suite import load_suite
-    from rig.tiny import PAD_TOKEN_ID, build_tiny_model
+    from rig.testing.tiny import PAD_TOKEN_ID, build_tiny_model
 
     if not Path(args.model, "model.safetensors").exists():
         build_tiny_model(args.model)

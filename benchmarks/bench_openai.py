@@ -3,7 +3,7 @@
 What it answers: how much throughput the rig gives up against a bare client (target: at least 90%). Both send the same
 requests (the stack's own request bodies: token-ID prompt, logprobs=K, return_tokens_as_token_ids) with the same
 concurrency. The plain client is a thread pool with one keep-alive http.client connection per thread that parses the
-JSON and keeps nothing; the rig path is `rig.runner.execute` (batches of `--batch-size`, Parquet parts, completions,
+JSON and keeps nothing; the rig path is `rig.run.runner.execute` (batches of `--batch-size`, Parquet parts, completions,
 manifest) on a loaded stack. The server's start and the stack's load are excluded; repeats alternate the two paths.
 
     .venv/bin/python benchmarks/bench_openai.py --model /tmp/tiny1 [--base-url http://127.0.0.1:8000/v1]
@@ -89,10 +89,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    from rig import runner
-    from rig.spec import RunSpec, SamplingSpec
+    from rig.run import runner
+    from rig.run.spec import RunSpec, SamplingSpec
+    from rig.run.suite import load_suite
     from rig.stacks.openai import OpenAIStack
-    from rig.suite import load_suite
 
     suite = load_suite("default")
     tmp = Path(tempfile.mkdtemp(prefix="bench-openai-"))

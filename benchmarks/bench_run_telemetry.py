@@ -1,6 +1,6 @@
 """Benchmark: what telemetry adds to a run's wall time (target: at most 1% at 10 Hz).
 
-Runs the hf stack on the tiny gpt-oss over the default suite through `rig.runner.execute`, with telemetry off and at
+Runs the hf stack on the tiny gpt-oss over the default suite through `rig.run.runner.execute`, with telemetry off and at
 10 Hz, alternating, and reports the median wall times and the sampler thread's own CPU time as a share of the run's
 wall time (the direct cost: the sampler is the only work telemetry adds). One stack instance serves every run so that
 model loading is not in the comparison.
@@ -28,12 +28,12 @@ def main() -> None:
     ap.add_argument("--hz", type=float, default=10.0)
     args = ap.parse_args()
 
-    from rig import runner
-    from rig.runs import RunReader
-    from rig.spec import RunSpec, SamplingSpec
+    from rig.run import runner
+    from rig.run.spec import RunSpec, SamplingSpec
+    from rig.run.store import RunReader
+    from rig.run.suite import load_suite
     from rig.stacks.hf import HFStack
-    from rig.suite import load_suite
-    from rig.tiny import build_tiny_model
+    from rig.testing.tiny import build_tiny_model
 
     if not Path(args.model, "model.safetensors").exists():
         build_tiny_model(args.model)

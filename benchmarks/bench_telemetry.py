@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rig.nvml import ReplayBackend  # noqa: E402
-from rig.telemetry import TelemetryRecorder  # noqa: E402
+from rig.telemetry.nvml import ReplayBackend  # noqa: E402
+from rig.telemetry.recorder import TelemetryRecorder  # noqa: E402
 
 TRACE = Path(__file__).resolve().parents[1] / "tests" / "data" / "nvml_trace_synthetic.jsonl"
 

@@ -1,4 +1,4 @@
-"""Benchmark: `rig run --stack vllm` (the library path, `rig.runner.execute`) against bare `LLM.generate`.
+"""Benchmark: `rig run --stack vllm` (the library path, `rig.run.runner.execute`) against bare `LLM.generate`.
 
 What it answers: how much wall time the rig adds around vLLM (target: at most 5%). To be fair, both paths use the same
 engine in the same worker process (started once; its start is excluded), the same batches of `--batch-size` prompts
@@ -35,12 +35,12 @@ def main() -> None:
     ap.add_argument("--logprobs", type=int, default=20)
     args = ap.parse_args()
 
-    from rig import runner
-    from rig.runs import RunReader
-    from rig.spec import RunSpec, SamplingSpec
+    from rig.run import runner
+    from rig.run.spec import RunSpec, SamplingSpec
+    from rig.run.store import RunReader
+    from rig.run.suite import load_suite
     from rig.stacks.vllm import VLLMStack
-    from rig.suite import load_suite
-    from rig.tiny import build_tiny_model
+    from rig.testing.tiny import build_tiny_model
 
     if not Path(args.model, "model.safetensors").exists():
         build_tiny_model(args.model)

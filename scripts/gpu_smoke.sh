@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# GPU smoke test: the real NVML path of rig.telemetry, the Transformers stack on CUDA, and the environment manifest.
+# GPU smoke test: the real NVML path of rig.telemetry.recorder, the Transformers stack on CUDA, and the environment manifest.
 #
 # The CPU test suite can only replay NVML readings; this script checks the real thing on a machine with an NVIDIA
-# GPU and records a short NVML trace (in rig.telemetry's JSONL replay format) that can replace the synthetic one in
+# GPU and records a short NVML trace (in rig.telemetry.recorder's JSONL replay format) that can replace the synthetic one in
 # tests/data. It needs no network: the rig runs from this checkout (PYTHONPATH), and oss-harmony is installed from
 # wheels/ when it is missing.
 #
@@ -28,7 +28,7 @@ command -v nvidia-smi >/dev/null 2>&1 || die "no nvidia-smi on PATH: this script
 nvidia-smi -L || die "nvidia-smi failed: no usable NVIDIA GPU or driver"
 "$PY" - <<'EOF' || die "NVML not usable from Python (see the line above); install nvidia-ml-py"
 import sys
-from rig.nvml import NvmlBackend, TelemetryError
+from rig.telemetry.nvml import NvmlBackend, TelemetryError
 try:
     b = NvmlBackend(); b.init(); print("NVML:", b.system_info(), f"{len(b.devices())} device(s)"); b.shutdown()
 except TelemetryError as exc:
@@ -51,7 +51,7 @@ step "environment (rig env)"
 step "real NVML recorder: 3 s at 20 Hz, with phases"
 "$PY" - "$OUT/telemetry_nvml.json" "$OUT/telemetry_nvml" <<'EOF'
 import json, sys, time
-from rig.telemetry import TelemetryRecorder, load_telemetry
+from rig.telemetry.recorder import TelemetryRecorder, load_telemetry
 rec = TelemetryRecorder(rate_hz=20.0, gpu=True)
 rec.start(); rec.mark("idle"); time.sleep(1.5)
 try:
@@ -96,8 +96,8 @@ wait "$TRACE_PID"
 step "replay the recorded trace through the sampler"
 "$PY" - "$OUT/nvml_trace.jsonl" <<'EOF'
 import json, sys
-from rig.nvml import ManualClock, ReplayBackend
-from rig.telemetry import TelemetryRecorder
+from rig.telemetry.nvml import ManualClock, ReplayBackend
+from rig.telemetry.recorder import TelemetryRecorder
 clock = ManualClock()
 backend = ReplayBackend(sys.argv[1], clock)
 rec = TelemetryRecorder(rate_hz=10.0, backend=backend, clock=clock, env={})

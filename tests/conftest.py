@@ -20,7 +20,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """The tiny gpt-oss checkpoint with tokenizer files (built once per test session, about 20 s)."""
-    from rig.tiny import build_tiny_model
+    from rig.testing.tiny import build_tiny_model
 
     cached = os.environ.get("RIG_TINY_MODEL")
     if cached and (Path(cached) / "model.safetensors").exists():
@@ -31,9 +31,9 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _hf_run(tiny_model: Path, out: Path, dtype: str, max_new_tokens: int = 24) -> Path:
-    from rig import runner
-    from rig.spec import RunSpec, SamplingSpec
-    from rig.suite import load_suite
+    from rig.run import runner
+    from rig.run.spec import RunSpec, SamplingSpec
+    from rig.run.suite import load_suite
 
     spec = RunSpec(stack="hf", model=str(tiny_model), dtype=dtype, sampling=SamplingSpec(max_new_tokens=max_new_tokens))
     return runner.execute(spec, out, suite=load_suite("default"), telemetry_hz=10.0)
@@ -60,9 +60,9 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="session")
 def vllm_run(tiny_model, tmp_path_factory) -> Path:
     """A complete vLLM bf16 greedy run of the default suite, 24 tokens per prompt (its own engine, closed after)."""
-    from rig import runner
-    from rig.spec import RunSpec, SamplingSpec
-    from rig.suite import load_suite
+    from rig.run import runner
+    from rig.run.spec import RunSpec, SamplingSpec
+    from rig.run.suite import load_suite
 
     spec = RunSpec(
         stack="vllm",

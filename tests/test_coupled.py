@@ -16,10 +16,10 @@ import json
 import numpy as np
 import pytest
 
-from rig.runner import generation_requests, plan_batches
-from rig.spec import RunSpec, SamplingSpec
+from rig.run.runner import generation_requests, plan_batches
+from rig.run.spec import RunSpec, SamplingSpec
+from rig.run.suite import load_suite
 from rig.stacks.base import Request
-from rig.suite import load_suite
 
 N_PROMPTS, N_TOKENS, TEMPERATURE, SEED = 16, 24, 1.0, 0
 # Measured for hf against vLLM, coupled, on this setting (16 prompts x 24 tokens): share of positions before the first

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rig.commands.diff import diff_command
-from rig.diff import channel_labels, check_prompts, diff_runs, load_run, sequence_teacher
+from rig.analysis.diff import channel_labels, check_prompts, diff_runs, sequence_teacher
+from rig.analysis.load import load_run
+from rig.analysis.summary import Thresholds, diff_document, dumps, summarize
+from rig.cli.diff import diff_command
 from rig.errors import UserError
-from rig.report.summary import Thresholds, diff_document, dumps, summarize
-from rig.runs import RunWriter
-from rig.spec import RunSpec
+from rig.run.spec import RunSpec
+from rig.run.store import RunWriter
+from rig.run.suite import Prompt, token_hash
 from rig.stacks.base import SequenceResult
-from rig.suite import Prompt, token_hash
 
 K = 4
 
@@ -106,12 +107,12 @@ def test_first_divergence_and_prefix_rule(tmp_path):
     b = [seq("p0", [5, 6, 7, 8]), seq("p1", [5, 6, 9, 8]), seq("p2", [5, 6, 7, 8, 9]), seq("p3", [6])]
     pair = pair_of(tmp_path, a, b)
     s = pair.seq
-    assert s["d"].tolist() == [-1, 2, 3, 0]
-    assert s["cls"].tolist() == [0, 2, 3, 2]  # identical, confident, prefix, confident
+    assert s.d.tolist() == [-1, 2, 3, 0]
+    assert s.cls.tolist() == [0, 2, 3, 2]  # identical, confident, prefix, confident
     # prefix: the shorter run has no row at d, so only the longer side's margin is defined
-    assert math.isnan(s["margin_a"][2]) and s["margin_b"][2] == pytest.approx(1.0)
-    assert s["token_a"][2] == -1 and s["token_b"][2] == 8
-    assert s["vllm_rule"][2]  # vLLM's zip stops at the shorter output: the rule holds
+    assert math.isnan(s.margin_a[2]) and s.margin_b[2] == pytest.approx(1.0)
+    assert s.token_a[2] == -1 and s.token_b[2] == 8
+    assert s.vllm_rule[2]  # vLLM's zip stops at the shorter output: the rule holds
     summ = summarize(pair)
     assert summ["identical"] == 1 and summ["divergent"] == 3 and summ["share_identical"] == 0.25
     assert summ["median_first_divergence"] == 2.0
@@ -123,11 +124,11 @@ def test_margins_near_tie_confident_and_tau(tmp_path):
     a = [seq("p0", [5, 6], margins=[1, 0.05]), seq("p1", [5, 6], margins=[1, 0.05])]
     b = [seq("p0", [5, 7], margins=[1, 0.08]), seq("p1", [5, 7], margins=[1, 0.5])]
     pair = pair_of(tmp_path, a, b, tau=0.1)
-    assert pair.seq["margin_a"].tolist() == pytest.approx([0.05, 0.05], abs=1e-6)
-    assert pair.seq["margin_b"].tolist() == pytest.approx([0.08, 0.5], abs=1e-6)
-    assert pair.seq["cls"].tolist() == [1, 2]  # near-tie (both < tau), confident (B's margin >= tau)
+    assert pair.seq.margin_a.tolist() == pytest.approx([0.05, 0.05], abs=1e-6)
+    assert pair.seq.margin_b.tolist() == pytest.approx([0.08, 0.5], abs=1e-6)
+    assert pair.seq.cls.tolist() == [1, 2]  # near-tie (both < tau), confident (B's margin >= tau)
     tighter = diff_runs(pair.a, pair.b, tau=0.06, decode_context=False)
-    assert tighter.seq["cls"].tolist() == [2, 2]  # 0.08 >= 0.06: no longer a near tie
+    assert tighter.seq.cls.tolist() == [2, 2]  # 0.08 >= 0.06: no longer a near tie
 
 
 def test_vllm_rule(tmp_path):
@@ -140,7 +141,7 @@ def test_vllm_rule(tmp_path):
     b = [seq("p0", [5, 7], ids=ids_b, lps=lps_b), seq("p1", [5, 7], ids=ids_b, lps=lps_b)]
     a[0] = seq("p0", [5, 6], ids=ids_a2, lps=lps_a)
     pair = pair_of(tmp_path, a, b)
-    assert pair.seq["vllm_rule"].tolist() == [True, False]
+    assert pair.seq.vllm_rule.tolist() == [True, False]
     summ = summarize(pair)
     assert (summ["vllm_rule_holds"], summ["vllm_rule_fails"]) == (1, 1)
 
@@ -270,7 +271,7 @@ def test_refuses_differing_prompts_unless_forced(tmp_path):
     with pytest.raises(UserError, match=r"prompt 'p1' has different token IDs"):
         diff_runs(a, b)
     pair = diff_runs(a, b, force=True, decode_context=False)
-    assert pair.dropped == ["p1"] and len(pair.seq["d"]) == 2
+    assert pair.dropped == ["p1"] and len(pair.seq.d) == 2
     c = load_run(write_run(tmp_path / "c", pa_[:2], results[:2]))
     with pytest.raises(UserError, match=r"prompt 'p2' is missing from"):
         check_prompts(a.reader, c.reader)
@@ -361,12 +362,8 @@ def test_cli_force_reports_dropped(tmp_path):
 # ---- real tiny-model runs -------------------------------------------------------------------------------------------
 
 
-def test_real_hf_bf16_against_fp32(request):
-    try:
-        bf16 = request.getfixturevalue("hf_run_bf16")
-        fp32 = request.getfixturevalue("hf_run_fp32")
-    except pytest.FixtureLookupError:
-        pytest.skip("fixtures hf_run_bf16 / hf_run_fp32 are not in tests/conftest.py yet")
+def test_real_hf_bf16_against_fp32(hf_run_bf16, hf_run_fp32):
+    bf16, fp32 = hf_run_bf16, hf_run_fp32
     doc = json.loads(dumps(diff_document(diff_runs(load_run(bf16), load_run(fp32)))))
     summ = doc["summary"]
     assert summ["sequences"] > 0 and summ["identical"] + summ["divergent"] == summ["sequences"]
@@ -380,9 +377,9 @@ def test_real_hf_bf16_against_fp32(request):
 
 def test_real_scored_run_teacher_forced(hf_run_bf16, hf_run_fp32, tiny_model, tmp_path):
     """fp32 Transformers teacher-forcing the bf16 run's tokens (`rig score`): the scored metrics cover every token."""
-    from rig import runner
-    from rig.runs import RunReader
-    from rig.spec import SamplingSpec
+    from rig.run import runner
+    from rig.run.spec import SamplingSpec
+    from rig.run.store import RunReader
 
     spec = RunSpec(stack="hf", model=str(tiny_model), dtype="float32", sampling=SamplingSpec(max_new_tokens=24))
     scored = runner.execute(spec, tmp_path / "fp32-on-bf16", source=RunReader(hf_run_bf16), telemetry_hz=None)
@@ -405,13 +402,13 @@ def test_real_hf_against_vllm(hf_run_bf16, vllm_run):
     # the same weights in bf16 on two stacks: close on the common prefix, but not bit-identical
     t = doc["teacher_forced"]
     assert t["n_positions"] > 0 and 0 < t["mean_abs_delta"] < 0.1
-    div = pair.seq["d"] >= 0
-    assert ((pair.seq["cls"][div] == 1) | (pair.seq["cls"][div] == 2)).all(), "every split is classified"
+    div = pair.seq.d >= 0
+    assert ((pair.seq.cls[div] == 1) | (pair.seq.cls[div] == 2)).all(), "every split is classified"
 
 
 def test_channel_name_tokens_match_harmony():
-    from rig.diff import ANALYSIS_TOKEN, FINAL_TOKEN
-    from rig.suite import harmony_encoding
+    from rig.harmony import ANALYSIS_TOKEN, FINAL_TOKEN
+    from rig.harmony import encoding as harmony_encoding
 
     enc = harmony_encoding()
     assert enc.encode("analysis", allowed_special="all") == [ANALYSIS_TOKEN]
@@ -422,14 +419,14 @@ def test_samples_are_matched_by_prompt_and_sample(tmp_path):
     a = [seq("p0", [5, 6], sample=0), seq("p0", [5, 7], sample=1), seq("p1", [5, 6], sample=0)]
     b = [seq("p0", [5, 6], sample=0), seq("p1", [5, 9], sample=0), seq("p0", [5, 8], sample=1)]  # other order
     pair = pair_of(tmp_path, a, b)
-    assert pair.seq["sample"].tolist() == [0, 1, 0] and pair.seq["d"].tolist() == [-1, 1, 1]
+    assert pair.seq.sample.tolist() == [0, 1, 0] and pair.seq.d.tolist() == [-1, 1, 1]
     c = write_run(tmp_path / "c", [prompt("p0"), prompt("p1")], [seq("p0", [5, 6]), seq("p1", [5, 6])])
     partial = diff_runs(pair.a, load_run(c), decode_context=False)
-    assert partial.unmatched == {"a": 1, "b": 0} and len(partial.seq["d"]) == 2
+    assert partial.unmatched == {"a": 1, "b": 0} and len(partial.seq.d) == 2
 
 
 def test_cli_options_are_pinned():
-    from rig.commands.diff import report_command
+    from rig.cli.diff import report_command
 
     def names(cmd):
         return sorted(o for p in cmd.params for o in p.opts)

@@ -8,8 +8,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from rig import envinfo
-from rig.commands.env import env_command, load_environment
+from rig.cli.env import env_command, load_environment
+from rig.telemetry import envinfo
 
 SECRETS = {
     "HF_TOKEN": "hf_qWeRtYuIoPaSdFgHjKlZxCvBnM1234",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rig.runs import RunReader
-from rig.spec import RunSpec, SamplingSpec
+from rig.run.spec import RunSpec, SamplingSpec
+from rig.run.store import RunReader
+from rig.run.suite import load_suite
 from rig.stacks.base import Request
 from rig.stacks.hf import HFStack
-from rig.suite import load_suite
 
 
 @pytest.fixture(scope="module")

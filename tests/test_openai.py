@@ -24,12 +24,12 @@ import pytest
 from _backoff_proxy import BackoffProxy
 from click.testing import CliRunner
 
-from rig import runner
 from rig.cli import main
 from rig.errors import UserError
-from rig.runs import RunReader
-from rig.spec import RunSpec, SamplingSpec
-from rig.suite import load_suite
+from rig.run import runner
+from rig.run.spec import RunSpec, SamplingSpec
+from rig.run.store import RunReader
+from rig.run.suite import load_suite
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def server(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_suite(tmp_path_factory) -> Path:
     """The default suite's first prompts, as a suite file."""
-    src = (ROOT / "rig" / "suites" / "default.jsonl").read_text().splitlines()[:N_PROMPTS]
+    src = (ROOT / "rig" / "run" / "suites" / "default.jsonl").read_text().splitlines()[:N_PROMPTS]
     path = tmp_path_factory.mktemp("suite") / "small.jsonl"
     path.write_text("\n".join(src) + "\n")
     return path

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from rich.console import Console
 from test_diff import prompt, scored_pair, seq, write_run
 
-from rig.commands.diff import report_command
-from rig.report import diff_paths
+from rig.analysis.compare import diff_paths
+from rig.cli.diff import report_command
 from rig.report.html import build_report
 from rig.report.terminal import print_diff
 

@@ -1,13 +1,13 @@
-"""rig.scoring: the four reference scorers, the final-channel rule with its fallback, and the paired comparison."""
+"""rig.analysis.scoring: the four reference scorers, the final-channel rule with its fallback, and the paired
+comparison."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rig.diff import load_run
-from rig.errors import UserError
-from rig.scoring import (
+from rig.analysis.load import load_run
+from rig.analysis.scoring import (
     TaskScores,
     answer_text,
     compare_task,
@@ -18,7 +18,8 @@ from rig.scoring import (
     score_answer,
     score_run,
 )
-from rig.stats import mcnemar_exact
+from rig.analysis.stats import mcnemar_exact
+from rig.errors import UserError
 
 
 def test_exact_is_case_and_whitespace_normalized():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from rig import runner
-from rig.spec import RunSpec, SamplingSpec
-from rig.suite import load_suite
+from rig.run import runner
+from rig.run.spec import RunSpec, SamplingSpec
+from rig.run.suite import load_suite
 
 SECRETS = {
     "OPENAI_API_KEY": "sk-test-0123456789abcdefSECRET",

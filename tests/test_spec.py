@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rig.errors import UserError
-from rig.spec import RunSpec, SamplingSpec, load_spec, parse_engine_args, to_openai, to_transformers, to_vllm
+from rig.run.spec import RunSpec, SamplingSpec, load_spec, parse_engine_args, to_openai, to_transformers, to_vllm
 
 
 def test_hash_is_canonical_and_sensitive():

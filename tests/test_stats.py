@@ -1,4 +1,4 @@
-"""rig.stats: KL with the tail bucket, list matching, token metrics, bootstrap, McNemar, the floor rules.
+"""rig.analysis.stats: KL with the tail bucket, list matching, token metrics, bootstrap, McNemar, the floor rules.
 
 Known answers are worked out by hand in the comments (docs/metrics.md points at each test).
 """
@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from rig.stats import (
+from rig.analysis.stats import (
     TAIL_EPS,
     bootstrap_paired,
     clears_rate,

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from rig.errors import UserError
-from rig.suite import RenderOptions, decode, load_suite, parse_channels, token_hash
+from rig.harmony import decode, parse_channels
+from rig.run.suite import RenderOptions, load_suite, token_hash
 
 
 def write_suite(tmp_path, lines):
@@ -100,7 +101,7 @@ def test_unknown_suite_name():
 
 
 def test_parse_channels_splits_analysis_and_final():
-    from rig.suite import harmony_encoding
+    from rig.harmony import encoding as harmony_encoding
 
     enc = harmony_encoding()
     ids = enc.encode(

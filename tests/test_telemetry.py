@@ -1,6 +1,7 @@
 """Telemetry: the sampler's logic on a replayed NVML trace, and the host sampler for real.
 
-No GPU is at hand here, so NVML is replaced by rig.nvml.ReplayBackend over tests/data/nvml_trace_synthetic.jsonl, a
+No GPU is at hand here, so NVML is replaced by rig.telemetry.nvml.ReplayBackend over
+tests/data/nvml_trace_synthetic.jsonl, a
 trace built from NVML's field definitions (its header says "synthetic": true; see tests/data/make_synthetic_trace.py
 for the exact powers, so the expected energies below are exact). A ManualClock moves time in lock step with the
 sampler thread, so sample counts are exact whatever the machine's load. scripts/gpu_smoke.sh checks the real NVML path.
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from rig import nvml, telemetry
-from rig.nvml import (
+from rig.telemetry import nvml
+from rig.telemetry import recorder as telemetry
+from rig.telemetry.nvml import (
     ManualClock,
     NvmlGpuLost,
     NvmlNoPermission,
@@ -28,7 +30,7 @@ from rig.nvml import (
     nvml_error,
     record_trace,
 )
-from rig.telemetry import TelemetryRecorder, load_telemetry
+from rig.telemetry.recorder import TelemetryRecorder, load_telemetry
 
 TRACE = Path(__file__).parent / "data" / "nvml_trace_synthetic.jsonl"
 
@@ -75,7 +77,10 @@ def test_trace_is_labelled_synthetic():
 
 
 def test_import_pulls_in_neither_torch_nor_pynvml():
-    code = "import sys, rig.nvml, rig.telemetry, rig.envinfo; print('torch' in sys.modules, 'pynvml' in sys.modules)"
+    code = (
+        "import sys, rig.telemetry.nvml, rig.telemetry.recorder, rig.telemetry.envinfo; "
+        "print('torch' in sys.modules, 'pynvml' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rig.tiny import build_tiny_model, model_file_hashes
+from rig.testing.tiny import build_tiny_model, model_file_hashes
 
 
 def test_build_is_byte_identical(tiny_model, tmp_path):
@@ -34,7 +34,7 @@ def test_real_architecture_features(tiny_model):
 def test_tokenizer_matches_harmony(tiny_model):
     from transformers import AutoTokenizer
 
-    from rig.suite import harmony_encoding
+    from rig.harmony import encoding as harmony_encoding
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
     enc = harmony_encoding()

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rig import runner
 from rig.errors import UserError
-from rig.runs import RunReader
-from rig.spec import RunSpec, SamplingSpec
-from rig.suite import load_suite
+from rig.run import runner
+from rig.run.spec import RunSpec, SamplingSpec
+from rig.run.store import RunReader
+from rig.run.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 16

@@ -1,29 +1,29 @@
 """`rig report`: one self-contained HTML file comparing runs, that opens on an air-gapped box.
 
 Everything is inline: the CSS, a few lines of JavaScript (tooltips, a prompt filter), and the plots as SVG drawn by
-rig.report.svg. The first run is the baseline; every other run is diffed against it (rig.diff), and with more than
+rig.report.svg. The first run is the baseline; every other run is diffed against it (rig.analysis.diff), and with
+more than
 two runs a pairwise matrix of share identical and median first divergence covers all pairs. Telemetry timelines
-appear for runs that recorded them (rig.telemetry.load_telemetry); the section is skipped when there are none.
+appear for runs that recorded them (rig.telemetry.recorder.load_telemetry); the section is skipped when there are none.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-import tempfile
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from rig import __version__
-from rig.diff import PairDiff, RunData, diff_runs, load_run
+from rig.analysis.compare import ProgressFactory, task_level
+from rig.analysis.diff import PairDiff, diff_runs
+from rig.analysis.load import RunData, load_run
+from rig.analysis.summary import floor_table, manifest_sections, matrix, summarize
 from rig.errors import UserError
-from rig.report import ProgressFactory, task_level
+from rig.files import atomic_write_bytes, now_iso
 from rig.report.assets import CSS, JS
-from rig.report.summary import floor_table, manifest_sections, matrix, summarize
 from rig.report.svg import bar_chart, line_chart
-from rig.report.terminal import SUMMARY_ROWS, fmt
+from rig.report.terminal import SHOWN_CLASSES, SUMMARY_ROWS, fmt
 from rig.report.tokens import Decoder, diff_views
 
 HOST_COLUMNS = ("proc_cpu_pct", "sys_cpu_pct", "cpu_percent", "rss_mib", "rss_tree_mib")
@@ -86,14 +86,7 @@ def build_report(
         fa, fb = (_reuse(loaded, f) or _load(f, progress) for f in floor)
         floor_pair = diff_runs(fa, fb, tau=tau, force=force, decode_context=False)
     page = render(loaded, pairs, summaries, floor_pair, max_prompts=max_prompts, seed=seed)
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    return out
+    return atomic_write_bytes(Path(output), page.encode("utf-8"), mode=0o644)
 
 
 # ---- sections ------------------------------------------------------------------------------------------------------
@@ -126,12 +119,9 @@ def manifest_table(runs: list[RunData]) -> str:
         f = {f"{sec}.{k}": v for sec, d in manifest_sections(r.manifest).items() for k, v in d.items()}
         env = r.manifest.get("environment")
         if env:
-            try:
-                from rig.envinfo import flatten
+            from rig.telemetry.envinfo import flatten
 
-                f.update({f"environment.{k}": v for k, v in flatten(env).items() if k != "captured_at"})
-            except ImportError:  # pragma: no cover
-                pass
+            f.update({f"environment.{k}": v for k, v in flatten(env).items() if k != "captured_at"})
         flat.append(f)
     keys = sorted({k for f in flat for k in f})
     differ = [(k, [f.get(k) for f in flat]) for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
@@ -166,7 +156,7 @@ def matrix_tables(runs: list[RunData], summaries: dict) -> str:
 
 
 def _breakdown_table(data: dict[str, dict[str, Any]], title: str) -> str:
-    keys = ("sequences", "identical", "near_tie", "confident", "prefix")
+    keys = ("sequences", *(c.key for c in SHOWN_CLASSES))
     return _table([title, *keys], [[k, *(v[x] for x in keys)] for k, v in data.items()], "small")
 
 
@@ -247,11 +237,9 @@ def _clears(c: bool | None) -> str:
 
 
 def telemetry_section(runs: list[RunData]) -> str:
-    """Timelines per run from telemetry/*.parquet; empty when no run has telemetry (or rig.telemetry is absent)."""
-    try:
-        from rig.telemetry import load_telemetry
-    except Exception:  # noqa: BLE001 - the report works without the telemetry module
-        return ""
+    """Timelines per run from telemetry/*.parquet; empty when no run has telemetry."""
+    from rig.telemetry.results import load_telemetry
+
     out = []
     for r in runs:
         try:
@@ -318,7 +306,7 @@ def render(
 ) -> str:
     """The whole HTML page."""
     dec = Decoder()
-    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    now = now_iso()
     body = [
         f'<h1>rig report</h1><p class="meta">{len(runs)} runs &middot; baseline {escape(runs[0].name)} '
         f"&middot; generated {now} by rig {__version__}</p>",

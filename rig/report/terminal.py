@@ -14,7 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from rig.analysis.results import Divergence
+
 MAX_MANIFEST_ROWS = 40
+SHOWN_CLASSES = (Divergence.IDENTICAL, Divergence.NEAR_TIE, Divergence.CONFIDENT, Divergence.PREFIX)
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -134,10 +137,10 @@ def print_breakdowns(console: Console, summary: dict[str, Any]) -> None:
         if not data:
             continue
         t = Table(title=f"By {title}", title_justify="left")
-        for col in (title, "sequences", "identical", "near-tie", "confident", "prefix"):
+        for col in (title, "sequences", *(c.label for c in SHOWN_CLASSES)):
             t.add_column(col, justify="right" if col != title else "left")
         for label, c in data.items():
-            t.add_row(label, *(fmt(c[k]) for k in ("sequences", "identical", "near_tie", "confident", "prefix")))
+            t.add_row(label, *(fmt(c[k]) for k in ("sequences", *(c.key for c in SHOWN_CLASSES))))
         console.print(t)
 
 

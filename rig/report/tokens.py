@@ -11,17 +11,25 @@ from html import escape
 
 import numpy as np
 
-from rig.diff import CHANNELS, CLASSES, SPECIAL_MIN, PairDiff, RunData
+from rig.analysis.diff import PairDiff
+from rig.analysis.load import RunData
+from rig.analysis.results import CLASSES, Divergence
+from rig.harmony import CHANNELS, SPECIAL_MIN
 
 N_BEFORE, N_AFTER, N_ALTS = 40, 40, 5
-ORDER = {"confident": 0, "near_tie": 1, "unclassified": 2, "prefix": 3}
+ORDER = {
+    c.key: i
+    for i, c in enumerate(
+        (Divergence.CONFIDENT, Divergence.NEAR_TIE, Divergence.UNCLASSIFIED, Divergence.PREFIX, Divergence.SAMPLED)
+    )
+}
 
 
 class Decoder:
     """Token id -> display text, cached."""
 
     def __init__(self) -> None:
-        from rig.suite import decode
+        from rig.harmony import decode
 
         self._decode = decode
         self._cache: dict[int, str] = {}
@@ -58,20 +66,20 @@ def _span(token: int, dec: Decoder, tip: str, cls: str = "") -> str:
 def sequence_view(pair: PairDiff, i: int, dec: Decoder) -> str:
     """HTML for sequence i of the pair: header, shared prefix, A's and B's continuations from the divergence."""
     s, a, b = pair.seq, pair.a, pair.b
-    d = int(s["d"][i])
-    sa, sb = int(a.offsets[s["ia"][i]]), int(b.offsets[s["ib"][i]])
-    la, lb = int(s["len_a"][i]), int(s["len_b"][i])
-    pid = a.prompt_ids[int(s["prompt"][i])]
-    cls = CLASSES[int(s["cls"][i])]
+    d = int(s.d[i])
+    sa, sb = int(a.offsets[s.ia[i]]), int(b.offsets[s.ib[i]])
+    la, lb = int(s.len_a[i]), int(s.len_b[i])
+    pid = a.prompt_ids[int(s.prompt[i])]
+    cls = CLASSES[int(s.cls[i])]
 
     def m(x: float) -> str:
         return "-" if np.isnan(x) else f"{x:.3f}"
 
     head = (
-        f'<div class="sh"><b>{escape(pid)}</b> sample {int(s["sample"][i])} &middot; '
-        f'<span class="c-{cls}">{cls.replace("_", "-")}</span> at position {d} &middot; margins A {m(s["margin_a"][i])}'
-        f" / B {m(s['margin_b'][i])} nats &middot; vLLM rule {'holds' if s['vllm_rule'][i] else 'fails'} &middot; "
-        f"channel {CHANNELS[int(s['channel'][i])]} &middot; category {escape(str(s['category'][i]))}</div>"
+        f'<div class="sh"><b>{escape(pid)}</b> sample {int(s.sample[i])} &middot; '
+        f'<span class="c-{cls}">{cls.replace("_", "-")}</span> at position {d} &middot; margins A {m(s.margin_a[i])}'
+        f" / B {m(s.margin_b[i])} nats &middot; vLLM rule {'holds' if s.vllm_rule[i] else 'fails'} &middot; "
+        f"channel {CHANNELS[int(s.channel[i])]} &middot; category {escape(str(s.category[i]))}</div>"
     )
     start = max(0, d - N_BEFORE)
     prefix = ['<span class="more">\u2026</span>'] if start else []
@@ -105,10 +113,10 @@ def diff_views(pair: PairDiff, limit: int, dec: Decoder | None = None) -> str:
     """Token-level views of up to `limit` divergent sequences (confident first, then near ties, then prefixes)."""
     dec = dec or Decoder()
     s = pair.seq
-    div = np.flatnonzero(s["d"] >= 0)
+    div = np.flatnonzero(s.d >= 0)
     if len(div) == 0:
         return '<p class="ok">All compared sequences are identical.</p>'
-    rank = np.array([ORDER.get(CLASSES[int(c)], 9) for c in s["cls"][div]])
+    rank = np.array([ORDER.get(CLASSES[int(c)], 9) for c in s.cls[div]])
     chosen = div[np.lexsort((div, rank))][:limit]
     body = "".join(sequence_view(pair, int(i), dec) for i in chosen)
     more = (
@@ -116,5 +124,5 @@ def diff_views(pair: PairDiff, limit: int, dec: Decoder | None = None) -> str:
         if len(div) > limit
         else ""
     )
-    n_same = int((s["d"] < 0).sum())
+    n_same = int((s.d < 0).sum())
     return f"<p>{len(div)} divergent, {n_same} identical sequences.</p>{body}{more}"

@@ -25,7 +25,7 @@ import numpy as np
 
 GiB = 1 << 30
 CPU_KV_CACHE_BYTES = GiB
-OPS = ("generate", "generate_bare", "score", "describe")
+OPS = ("generate", "generate_bare", "score")
 
 
 class _Engine:
@@ -131,10 +131,6 @@ class _Engine:
             results[i] = {"logprobs": lp, "ids": ids}
         return {"results": results, "batch_s": batch_s}
 
-    # ---- describe ---------------------------------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        return describe_engine(self)
-
     def shutdown(self) -> None:
         core = getattr(self.llm.llm_engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
@@ -176,7 +172,7 @@ def _probe_worker(worker: Any) -> dict[str, Any]:
 
 def _env_record() -> dict[str, str]:
     try:
-        from rig.envinfo import numerics_env
+        from rig.telemetry.envinfo import numerics_env
 
         return numerics_env()
     except ImportError:
@@ -350,7 +346,7 @@ def main(argv: list[str]) -> None:
         _exit(1)
     try:
         engine = _Engine(cfg)
-        conn.send(("ok", engine.describe()))
+        conn.send(("ok", describe_engine(engine)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises
         conn.send(_error(exc))
         _exit(1)

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from rig.spec import RunSpec
-from rig.suite import Prompt
+from rig.errors import UserError
+from rig.run.spec import RunSpec
+from rig.run.suite import Prompt
 
 
 @dataclass
@@ -50,9 +51,27 @@ class SequenceResult:
 
 
 class Stack(ABC):
-    """Base class: holds the spec and the record of resolved choices."""
+    """Base class: holds the spec and the record of resolved choices.
+
+    The class attributes are the facts the runner needs about a stack, so that no caller asks "is this openai?".
+    """
 
     name: str = "base"
+    local_model: bool = True  # reads model files from disk: the manifest records their sha256
+    gpu_telemetry: bool = True  # computes on this machine: telemetry samples its GPUs through NVML
+    in_process_torch: bool = True  # runs torch in the rig's own process: the environment records that torch
+    requires: tuple[str, ...] = ()  # modules that must be importable for load() (checked first, for one clear line)
+
+    @classmethod
+    def check_installed(cls) -> None:
+        """Raises UserError naming the extra to install when one of `requires` is missing (imports nothing)."""
+        import importlib.util
+
+        from rig.stacks import install_hint
+
+        for module in cls.requires:
+            if importlib.util.find_spec(module) is None:
+                raise UserError(install_hint(cls.name, module))
 
     def __init__(self, spec: RunSpec):
         self.spec = spec

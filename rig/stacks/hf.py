@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from rig.errors import UserError
-from rig.sampling import couple_logits
-from rig.spec import to_transformers
+from rig.run.spec import to_transformers
 from rig.stacks.base import Request, SequenceResult, Stack, finish_reason, truncate_at_stop
-from rig.tiny import PAD_TOKEN_ID
+from rig.stacks.sampling import couple_logits
+from rig.testing.tiny import PAD_TOKEN_ID
 
 SCORE_CHUNK_TOKENS = 2048
 
@@ -76,6 +76,7 @@ class _Capture:
 
 class HFStack(Stack):
     name = "hf"
+    requires = ("torch", "transformers")
 
     def __init__(self, spec):
         super().__init__(spec)

@@ -36,10 +36,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from rig.errors import UserError
-from rig.sampling import request_seed
-from rig.spec import RunSpec, to_openai
+from rig.run.spec import RunSpec, to_openai
 from rig.stacks.base import Request, SequenceResult, Stack, finish_reason
-from rig.stacks.vllm import COUPLED_PROCESSOR, coupled_extra_args
+from rig.stacks.sampling import COUPLED_PROCESSOR, coupled_extra_args, request_seed
 
 DEFAULTS = {"api": "auto", "max_retries": 5, "backoff_base_s": 0.5, "backoff_cap_s": 8.0, "server_coupled": False}
 RETRY_STATUSES = (429, 500, 502, 503, 504)
@@ -124,7 +123,7 @@ def _token_id(token: str) -> int:
     """A token from a logprobs list as an ID: vLLM's "token_id:123" form, else the harmony vocabulary's ID, else -1."""
     if token.startswith("token_id:"):
         return int(token[9:])
-    from rig.suite import harmony_encoding
+    from rig.harmony import encoding as harmony_encoding
 
     ids = harmony_encoding().encode(token, allowed_special="all")
     return int(ids[0]) if len(ids) == 1 else -1
@@ -146,6 +145,9 @@ class OpenAIStack(Stack):
     """An OpenAI-compatible endpoint; see the module docstring for the protocol and the engine arguments."""
 
     name = "openai"
+    local_model = False
+    gpu_telemetry = False
+    in_process_torch = False
 
     def __init__(self, spec: RunSpec):
         super().__init__(spec)
@@ -172,7 +174,8 @@ class OpenAIStack(Stack):
 
     def _call(self, method: str, path: str, body: dict | None = None, tries: int | None = None) -> tuple[Any, int]:
         """(parsed JSON, retries used); retries with backoff; UserError after the last try or on a 4xx answer."""
-        assert self._http is not None
+        if self._http is None:
+            raise RuntimeError("the openai stack is not loaded (load() first)")
         tries = tries or int(self.options["max_retries"]) + 1
         base, cap = float(self.options["backoff_base_s"]), float(self.options["backoff_cap_s"])
         url = self.base_url + path
@@ -195,7 +198,8 @@ class OpenAIStack(Stack):
                     delay = min(cap, max(delay, last.retry_after_s))
                 time.sleep(delay)
         self._count(retries=tries - 1, failed=1)
-        assert last is not None
+        if last is None:
+            raise RuntimeError("no request was made (tries < 1)")
         verb = "failed" if last.reason.startswith("HTTP") else "unreachable"
         raise UserError(f"endpoint {url} {verb} after {tries} tries: {last.reason}")
 
@@ -234,7 +238,8 @@ class OpenAIStack(Stack):
 
     def _server_version(self) -> str | None:
         """vLLM's /version (at the server root, beside /v1), when the server has one; one try, no retries."""
-        assert self._http is not None
+        if self._http is None:
+            raise RuntimeError("the openai stack is not loaded (load() first)")
         root = self._http.prefix.removesuffix("/v1")
         try:
             status, _, data = self._http.request("GET", root + "/version", None, {}, absolute=True)
@@ -324,7 +329,8 @@ class OpenAIStack(Stack):
 
     # ---- generate ---------------------------------------------------------------------------------------------
     def _map(self, fn: Any, requests: list[Request]) -> list[Any]:
-        assert self._pool is not None, "load() first"
+        if self._pool is None:
+            raise RuntimeError("the openai stack is not loaded (load() first)")
         futures = [self._pool.submit(fn, r) for r in requests]
         errors = []
         results = []

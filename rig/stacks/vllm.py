@@ -8,7 +8,8 @@ Why a child process:
   explicitly; the worker shuts it down and exits with code 0, which the parent checks (`exit_code`).
 
 The parent builds the engine arguments from the RunSpec (`engine_plan`), the SamplingParams fields from
-`rig.spec.to_vllm`, and per-request seeds and coupled-sampling settings; the worker (`rig.stacks._vllm_worker`) turns
+`rig.run.spec.to_vllm`, and per-request seeds and coupled-sampling settings; the worker (`rig.stacks._vllm_worker`)
+turns
 vLLM's outputs into NumPy arrays. Prompts go in as token IDs (`skip_tokenizer_init`), logprobs are raw, and prefix
 caching is off so that `score()` (prompt_logprobs over prompt + continuation) sees every position.
 """
@@ -28,16 +29,12 @@ from typing import Any
 import numpy as np
 
 from rig.errors import UserError
-from rig.sampling import request_seed
-from rig.spec import RunSpec, SamplingSpec, to_vllm
+from rig.run.spec import RunSpec, SamplingSpec, to_vllm
 from rig.stacks.base import Request, SequenceResult, Stack, finish_reason
+from rig.stacks.sampling import COUPLED_PROCESSOR, coupled_extra_args, request_seed
 
 # Environment variables recognized in --engine-arg NAME=VALUE: set in the worker's environment, not passed to LLM().
 ENV_PREFIXES = ("VLLM_", "CUDA_", "NCCL_", "OMP_", "MKL_", "KMP_", "TORCH_", "TRITON_", "FLASHINFER_", "HF_")
-COUPLED_PROCESSOR = "rig.stacks.vllm_coupled:RigCoupledLogitsProcessor"
-# Coupled-sampling settings travel as flat extra_args (the OpenAI server's vllm_xargs accept only flat values).
-COUPLED_PREFIX = "rig_coupled_"
-COUPLED_FIELDS = ("seed", "prompt_id", "sample", "temperature", "top_k", "top_p")
 LOAD_TIMEOUT_S = 1800.0
 SHUTDOWN_TIMEOUT_S = 60.0
 
@@ -112,12 +109,6 @@ def _quant_config(model: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()).get("quantization_config")
 
 
-def coupled_extra_args(seed: int, prompt_id: str, sample: int, temperature: float, top_k: int, top_p: float) -> dict:
-    """The SamplingParams.extra_args (or vllm_xargs) that turn on rig.stacks.vllm_coupled for one request."""
-    values = (int(seed), str(prompt_id), int(sample), float(temperature), int(top_k), float(top_p))
-    return {COUPLED_PREFIX + f: v for f, v in zip(COUPLED_FIELDS, values, strict=True)}
-
-
 def _sampler_choice(spec: RunSpec) -> tuple[str, str]:
     s = spec.sampling
     if s.greedy:
@@ -134,6 +125,8 @@ class VLLMStack(Stack):
     """vLLM's offline engine in a worker process. `exit_code` holds the worker's exit status after `close()`."""
 
     name = "vllm"
+    in_process_torch = False  # the engine runs in a child process, which records its own torch
+    requires = ("vllm",)
 
     def __init__(self, spec: RunSpec):
         super().__init__(spec)

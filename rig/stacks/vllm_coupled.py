@@ -2,7 +2,8 @@
 
 vLLM's own sampler draws from its own random stream, so vLLM and Transformers diverge at the first sampled token even
 when their logits agree. This processor makes vLLM sample the way `rig.stacks.hf` does: it replaces each row of logits
-by `rig.sampling.couple_logits` (logits / T, top-k and top-p masks, plus Gumbel noise keyed by (seed, prompt id, sample,
+by `rig.stacks.sampling.couple_logits` (logits / T, top-k and top-p masks, plus Gumbel noise keyed by (seed, prompt
+id, sample,
 position)), and the request runs at temperature 0, so vLLM's greedy argmax picks the coupled sample.
 
 vLLM computes the logprobs it returns (logprobs_mode "raw_logprobs") before any logits processor runs, so the recorded
@@ -22,8 +23,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
-from rig.sampling import couple_logits
-from rig.stacks.vllm import COUPLED_FIELDS, COUPLED_PREFIX, COUPLED_PROCESSOR, coupled_extra_args
+from rig.stacks.sampling import COUPLED_FIELDS, COUPLED_PREFIX, COUPLED_PROCESSOR, couple_logits, coupled_extra_args
 
 PREFIX, FIELDS = COUPLED_PREFIX, COUPLED_FIELDS
 PROCESSOR_FQCN = COUPLED_PROCESSOR
@@ -65,7 +65,7 @@ class _RequestCoupler:
 
 
 class RigCoupledLogitsProcessor(AdapterLogitsProcessor):
-    """Applies `rig.sampling.couple_logits` to requests whose extra_args carry the rig_coupled_* settings."""
+    """Applies `rig.stacks.sampling.couple_logits` to requests whose extra_args carry the rig_coupled_* settings."""
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:

@@ -8,18 +8,19 @@ teacher-forced mean |delta logprob| in both directions. It ends by writing the H
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import click
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from rig import runner
-from rig.spec import RunSpec, SamplingSpec
-from rig.suite import load_suite
-from rig.tiny import build_tiny_model, is_tiny_model
-
-CLASS_NAMES = {0: "identical", 1: "near-tie", 2: "confident", 3: "prefix", 4: "no top-K"}
+from rig.analysis.results import Divergence
+from rig.run import runner
+from rig.run.spec import RunSpec, SamplingSpec
+from rig.run.suite import load_suite
+from rig.testing.tiny import build_tiny_model, is_tiny_model
 
 
 def _specs(model: Path, stacks: list[str], max_new_tokens: int) -> dict[str, RunSpec]:
@@ -44,8 +45,9 @@ def _specs(model: Path, stacks: list[str], max_new_tokens: int) -> dict[str, Run
 
 def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[str] | None = None) -> int:
     """Run the demo; returns the process exit code (0)."""
-    from rig.diff import diff_runs, load_run, sequence_teacher
-    from rig.report import build_report
+    from rig.analysis.diff import diff_runs, sequence_teacher
+    from rig.analysis.load import load_run
+    from rig.report.html import build_report
 
     console = Console(width=max(Console().width, 118))
     stacks = stacks or ["hf", "vllm"]
@@ -62,7 +64,7 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
             f"{max_new_tokens} tokens"
         )
         paths[name] = runner.execute(spec, out / name, suite=suite, force=True, telemetry_hz=10.0)
-    from rig.runs import RunReader
+    from rig.run.store import RunReader
 
     scored = {}
     for src, spec, label in ((name_a, spec_b, f"{name_b}-on-{name_a}"), (name_b, spec_a, f"{name_a}-on-{name_b}")):
@@ -85,27 +87,28 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
     table.add_column("mean|Δlp| B on A", justify="right")
     table.add_column("mean|Δlp| A on B", justify="right")
     seq = pair.seq
-    for i in range(len(seq["d"])):
-        pid = a.prompt_ids[seq["prompt"][i]]
-        key = (pid, int(seq["sample"][i]))
-        d = int(seq["d"][i])
+    for i in range(len(seq.d)):
+        pid = a.prompt_ids[seq.prompt[i]]
+        key = (pid, int(seq.sample[i]))
+        d = int(seq.d[i])
         table.add_row(
             pid,
-            str(seq["category"][i]),
+            str(seq.category[i]),
             "identical" if d < 0 else f"token {d}",
-            "" if d < 0 else CLASS_NAMES.get(int(seq["cls"][i]), "?"),
-            "" if d < 0 else f"{_f(seq['margin_a'][i])} / {_f(seq['margin_b'][i])}",
+            "" if d < 0 else Divergence(int(seq.cls[i])).label,
+            "" if d < 0 else f"{_f(seq.margin_a[i])} / {_f(seq.margin_b[i])}",
             _f(fwd.get(key)),
             _f(back.get(key)),
         )
     console.print(f"A = {name_a}, B = {name_b}; margins are top-1 minus top-2 logprob (nats) at the first split")
     console.print(table)
-    div = seq["d"] >= 0
+    div = seq.d >= 0
     t = pair.teacher
     console.print(
         f"{int((~div).sum())}/{len(div)} sequences identical; "
-        f"{int((seq['cls'] == 1).sum())} near-tie and {int((seq['cls'] == 2).sum())} confident first splits"
-        + (f", median first split at token {int(np.median(seq['d'][div]))}" if div.any() else "")
+        f"{int((seq.cls == Divergence.NEAR_TIE).sum())} near-tie and "
+        f"{int((seq.cls == Divergence.CONFIDENT).sum())} confident first splits"
+        + (f", median first split at token {int(np.median(seq.d[div]))}" if div.any() else "")
         + f". Teacher-forced ({name_b} scoring {name_a}'s tokens): mean |Δlp| {_f(t.get('mean_abs_delta'))} nats, "
         f"max {_f(t.get('max_abs_delta'))}, top-1 agreement {_f(t.get('top1_agreement'))}."
     )
@@ -120,3 +123,22 @@ def _f(x: float | None) -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return "-"
     return f"{x:.4f}"
+
+
+@click.command()
+@click.option(
+    "--model",
+    "model_dir",
+    default="models/tiny-gpt-oss",
+    show_default=True,
+    help="Tiny model directory (built if absent).",
+)
+@click.option("--out", "out_dir", default="runs/demo", show_default=True, help="Where the demo's runs go.")
+@click.option("--max-new-tokens", type=int, default=48, show_default=True)
+@click.option("--stacks", default="hf,vllm", show_default=True, help="Two stacks to compare (hf,vllm or hf,hf).")
+def demo(model_dir, out_dir, max_new_tokens, stacks):
+    """Compare two stacks on the tiny gpt-oss and print, per prompt, where they split."""
+    sys.exit(run_demo(Path(model_dir), Path(out_dir), max_new_tokens=max_new_tokens, stacks=stacks.split(",")))
+
+
+COMMANDS = (demo,)

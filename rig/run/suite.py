@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,12 @@ from typing import Any
 import numpy as np
 
 from rig.errors import UserError
+from rig.harmony import VOCAB_SIZE
+from rig.harmony import encoding as harmony_encoding
 
 ROLES = ("system", "developer", "user", "assistant")
 EFFORTS = ("low", "medium", "high")
 REFERENCE_TYPES = ("exact", "numeric", "regex", "choice")
-VOCAB_SIZE = 201088
 _ALLOWED = {"id", "messages", "text", "token_ids", "reasoning_effort", "reference", "reference_type", "category"}
 
 
@@ -109,17 +109,9 @@ def suite_hash(prompts: list[Prompt] | tuple[Prompt, ...], render: RenderOptions
     return h.hexdigest()[:16]
 
 
-@lru_cache(maxsize=1)
-def harmony_encoding():
-    """The gpt-oss harmony encoding (loaded once; offline with oss-harmony)."""
-    from openai_harmony import HarmonyEncodingName, load_harmony_encoding
-
-    return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
-
-
 def bundled_suites() -> list[str]:
     return sorted(
-        p.name.removesuffix(".jsonl") for p in resources.files("rig.suites").iterdir() if p.name.endswith(".jsonl")
+        p.name.removesuffix(".jsonl") for p in resources.files("rig.run.suites").iterdir() if p.name.endswith(".jsonl")
     )
 
 
@@ -130,7 +122,7 @@ def resolve_suite_path(name_or_path: str) -> tuple[str, Path]:
         if not path.is_file():
             raise UserError(f"{name_or_path}: suite file not found")
         return path.stem, path
-    bundled = resources.files("rig.suites").joinpath(f"{name_or_path}.jsonl")
+    bundled = resources.files("rig.run.suites").joinpath(f"{name_or_path}.jsonl")
     if not bundled.is_file():
         raise UserError(
             f"unknown suite {name_or_path!r}: not a file, and bundled suites are {', '.join(bundled_suites())}"
@@ -286,42 +278,3 @@ def load_suite(name_or_path: str, render: RenderOptions | None = None) -> Suite:
     name, path = resolve_suite_path(name_or_path)
     prompts = tuple(render_record(rec, render) for rec in validate_lines(path))
     return Suite(name=name, prompts=prompts, render=render, hash=suite_hash(prompts, render))
-
-
-def decode(token_ids: list[int] | tuple[int, ...] | np.ndarray) -> str:
-    """Text for token IDs, special tokens included (harmony's decoder)."""
-    return harmony_encoding().decode([int(t) for t in token_ids])
-
-
-def parse_channels(token_ids: list[int] | tuple[int, ...] | np.ndarray) -> dict[str, str | None]:
-    """Split a completion into harmony channels: {"analysis": ..., "final": ...} (None where absent).
-
-    A completion cut off mid-message still yields what was parsed before the cut; one that does not follow the harmony
-    format (a tiny random model's output, say) yields None for both.
-    """
-    from openai_harmony import Role, StreamableParser
-
-    channels: dict[str, str | None] = {"analysis": None, "final": None}
-    parser = StreamableParser(harmony_encoding(), Role.ASSISTANT)
-    try:
-        for t in token_ids:
-            parser.process(int(t))
-    except Exception:  # noqa: BLE001 - malformed output is data here, not an error
-        pass
-    try:
-        messages = list(parser.messages)
-    except Exception:  # noqa: BLE001
-        messages = []
-    for m in messages:
-        ch = getattr(m, "channel", None)
-        text = "".join(getattr(c, "text", "") for c in (m.content or []))
-        if ch in channels:
-            channels[ch] = (channels[ch] or "") + text
-    # A message still open at the cut (no <|end|> yet)
-    try:
-        ch, partial = parser.current_channel, parser.current_content
-        if ch in channels and partial:
-            channels[ch] = (channels[ch] or "") + partial
-    except Exception:  # noqa: BLE001
-        pass
-    return channels

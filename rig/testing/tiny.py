@@ -15,11 +15,12 @@ want a tokenizer (vLLM's OpenAI-compatible server) get the real one. Every build
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from rig.files import model_file_hashes
 
 SEED = 20250805
 LM_HEAD_SCALE = 20.0
@@ -113,7 +114,7 @@ def build_tokenizer(out_dir: Path) -> None:
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from rig.suite import harmony_encoding
+    from rig.harmony import encoding as harmony_encoding
 
     enc = harmony_encoding()
     inner = enc._inner
@@ -145,7 +146,7 @@ def build_tokenizer(out_dir: Path) -> None:
 
 def _special_tokens() -> list[str]:
     """Special token strings for IDs 199998..201087 in ID order (reserved slots named as harmony names them)."""
-    from rig.suite import harmony_encoding
+    from rig.harmony import encoding as harmony_encoding
 
     enc = harmony_encoding()
     names = []
@@ -155,42 +156,6 @@ def _special_tokens() -> list[str]:
         except Exception:  # noqa: BLE001 - IDs with no token get a reserved name
             names.append(f"<|reserved_{tid}|>")
     return names
-
-
-def model_file_hashes(model_dir: str | Path, cache: str | Path | None = None) -> dict[str, str]:
-    """{relative path: sha256} for every file of a model directory (sorted).
-
-    With a cache file, a file whose size and modification time match the cached entry is not read again: hashing the
-    real gpt-oss-20b's 13 GB on every run would cost a minute.
-    """
-    root = Path(model_dir)
-    entries: dict[str, Any] = {}
-    if cache is not None and Path(cache).exists():
-        try:
-            entries = json.loads(Path(cache).read_text())
-        except (OSError, json.JSONDecodeError):
-            entries = {}
-    out, changed = {}, False
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        st = path.stat()
-        key = str(path.resolve())
-        hit = entries.get(key)
-        if hit and hit["size"] == st.st_size and hit["mtime_ns"] == st.st_mtime_ns:
-            digest = hit["sha256"]
-        else:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            digest = h.hexdigest()
-            entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-            changed = True
-        out[str(path.relative_to(root))] = digest
-    if cache is not None and changed:
-        from rig.runs import atomic_write_json
-
-        atomic_write_json(Path(cache), entries)
-    return out
 
 
 def is_tiny_model(model_dir: str | Path) -> bool:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,8 @@ import pyarrow.parquet as pq
 
 from rig import SCHEMA_VERSION, __version__
 from rig.errors import UserError
-from rig.suite import Prompt, token_hash
+from rig.files import atomic_replace, atomic_write_json, now_iso, read_jsonl, write_jsonl
+from rig.run.suite import Prompt, token_hash
 
 MANIFEST = "manifest.json"
 PROMPTS = "prompts.jsonl"
@@ -34,10 +33,6 @@ REQUIRED_MANIFEST = ("schema_version", "kind", "status", "spec", "spec_hash", "s
 
 class RunError(UserError):
     """A run directory that fails its checks; the message names the file and the field."""
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def token_schema(k: int) -> pa.Schema:
@@ -56,67 +51,25 @@ def token_schema(k: int) -> pa.Schema:
     )
 
 
-# ---- atomic file helpers -------------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path through a temporary file in the same directory and a rename (readers never see a half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+# ---- the tokens/ part writer ------------------------------------------------------------------------------------
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # Measured for the diff's load time (docs/performance.md): lz4 decodes faster than zstd, byte-stream-split
-        # floats decode faster than plain ones and compress better, and only prompt_id gains from a dictionary.
-        pq.write_table(
+    """Write a tokens/ part atomically with the encodings the diff's loader is tuned for.
+
+    Measured for the diff's load time (docs/performance.md): lz4 decodes faster than zstd, byte-stream-split floats
+    decode faster than plain ones and compress better, and only prompt_id gains from a dictionary.
+    """
+    atomic_replace(
+        path,
+        lambda tmp: pq.write_table(
             table,
             tmp,
             compression=PARQUET_COMPRESSION,
             use_dictionary=["prompt_id"],
             column_encoding={"logprob": "BYTE_STREAM_SPLIT", "topk_logprobs": "BYTE_STREAM_SPLIT"},
-        )
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-
-
-def read_jsonl(path: Path, *, tolerate_torn_tail: bool = False) -> list[dict[str, Any]]:
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if tolerate_torn_tail and i == len(lines):
-                break  # a line cut by a kill; the resume rewrites it
-            raise RunError(f"{path}:{i}: not valid JSON") from None
-    return rows
+        ),
+    )
 
 
 # ---- results to Arrow ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """What a finished telemetry recording becomes: phases with their energy, the run's summary, and Parquet files.
 
-rig.telemetry samples; this module reads what a stopped `TelemetryRecorder` kept (its host and GPU columns, phase
+rig.telemetry.recorder samples; this module reads what a stopped `TelemetryRecorder` kept (its host and GPU columns,
+phase
 marks and per-device state) and turns it into the JSON-serializable summary (manifest["telemetry"]) and the files
 host.parquet, gpu.parquet and phases.parquet, which `load_telemetry` reads back. It is split from the sampler so
 that each stays one job: energy per phase (J, from NVML's counter or the power integral), mean power (W) and
@@ -16,11 +17,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rig.nvml import _MIB, decode_clock_event_reasons
+from rig.telemetry.nvml import _MIB, decode_clock_event_reasons
 
 SCHEMA = 1
 
-# gpu.parquet columns (beyond t_s, gpu_index, uuid, pci_bus_id, phase); rig.telemetry fills them from raw NVML fields
+
+# gpu.parquet columns (beyond t_s, gpu_index, uuid, pci_bus_id, phase); rig.telemetry.recorder fills them from raw
+# NVML fields
 GPU_COLUMNS = (
     "power_mw",
     "energy_mj",
@@ -311,10 +314,9 @@ def write_tables(rec: Any, directory: str | os.PathLike) -> dict[str, Path]:
 def _write_parquet(table, path: Path) -> Path:
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    from rig.files import atomic_replace
+
+    return atomic_replace(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def load_telemetry(run_dir: str | os.PathLike) -> dict:

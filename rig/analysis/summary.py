@@ -1,6 +1,7 @@
 """What a diff concludes: aggregates, the manifest comparison, the noise-floor table and the exit-code verdict.
 
-rig.diff computes per-sequence columns for a pair of runs; this module turns them into the numbers people read and
+rig.analysis.diff computes per-sequence columns for a pair of runs; this module turns them into the numbers people
+read and
 CI gates on, and into one JSON document (`rig diff --json`) whose "sequences" list loads with pandas.json_normalize.
 Definitions, the floor rule and the thresholds: docs/metrics.md.
 """
@@ -14,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from rig.diff import CHANNELS, CLASSES, PairDiff
-from rig.stats import clears_rate, clears_value
+from rig.analysis.diff import PairDiff
+from rig.analysis.results import CLASSES
+from rig.analysis.stats import clears_rate, clears_value
+from rig.harmony import CHANNELS
 
 DOC_VERSION = 1
 N_BINS = 20
@@ -54,9 +57,9 @@ def histogram(d: np.ndarray, max_len: int, n_bins: int = N_BINS) -> dict[str, li
 def summarize(pair: PairDiff) -> dict[str, Any]:
     """Aggregates over the matched sequences: shares, class counts, median first divergence, histogram, breakdowns."""
     s = pair.seq
-    n = len(s["d"])
-    div = s["d"] >= 0
-    counts = _counts(s["cls"])
+    n = len(s.d)
+    div = s.d >= 0
+    counts = _counts(s.cls)
     n_div = int(div.sum())
     out: dict[str, Any] = {
         "sequences": n,
@@ -66,17 +69,17 @@ def summarize(pair: PairDiff) -> dict[str, Any]:
         "share_divergent": _f(n_div / n) if n else None,
         **{k: counts[k] for k in CLASSES[1:]},
         "confident_share": _f(counts["confident"] / n) if n else None,
-        "vllm_rule_holds": int((s["vllm_rule"] & div).sum()),
-        "vllm_rule_fails": int((~s["vllm_rule"] & div).sum()),
-        "median_first_divergence": _f(np.median(s["d"][div])) if n_div else None,
-        "position_histogram": histogram(s["d"][div], int(max(s["len_a"].max(initial=0), s["len_b"].max(initial=0)))),
+        "vllm_rule_holds": int((s.vllm_rule & div).sum()),
+        "vllm_rule_fails": int((~s.vllm_rule & div).sum()),
+        "median_first_divergence": _f(np.median(s.d[div])) if n_div else None,
+        "position_histogram": histogram(s.d[div], int(max(s.len_a.max(initial=0), s.len_b.max(initial=0)))),
         "dropped_prompts": len(pair.dropped),
         "unmatched_sequences": pair.unmatched,
     }
-    out["by_category"] = _breakdown(s["category"], s["cls"], None)
-    out["by_channel"] = _breakdown(np.array([CHANNELS[c] if c >= 0 else "" for c in s["channel"]]), s["cls"], div)
-    kind = np.where(s["special"], "special", "text")
-    out["by_token_kind"] = _breakdown(kind, s["cls"], div)
+    out["by_category"] = _breakdown(s.category, s.cls, None)
+    out["by_channel"] = _breakdown(np.array([CHANNELS[c] if c >= 0 else "" for c in s.channel]), s.cls, div)
+    kind = np.where(s.special, "special", "text")
+    out["by_token_kind"] = _breakdown(kind, s.cls, div)
     return out
 
 
@@ -102,27 +105,27 @@ def rows(pair: PairDiff) -> list[dict[str, Any]]:
     s, a = pair.seq, pair.a
     ctx = iter(pair.context)
     out = []
-    for i in range(len(s["d"])):
-        d = int(s["d"][i])
+    for i in range(len(s.d)):
+        d = int(s.d[i])
         div = d >= 0
         c = next(ctx, {}) if div and pair.context else {}
         out.append(
             {
-                "prompt_id": a.prompt_ids[int(s["prompt"][i])],
-                "sample": int(s["sample"][i]),
-                "category": str(s["category"][i]),
+                "prompt_id": a.prompt_ids[int(s.prompt[i])],
+                "sample": int(s.sample[i]),
+                "category": str(s.category[i]),
                 "identical": not div,
                 "first_divergence": d if div else None,
-                "len_a": int(s["len_a"][i]),
-                "len_b": int(s["len_b"][i]),
-                "token_a": int(s["token_a"][i]) if div and s["token_a"][i] >= 0 else None,
-                "token_b": int(s["token_b"][i]) if div and s["token_b"][i] >= 0 else None,
-                "margin_a": _f(s["margin_a"][i]),
-                "margin_b": _f(s["margin_b"][i]),
-                "class": CLASSES[int(s["cls"][i])],
-                "vllm_rule": bool(s["vllm_rule"][i]) if div else None,
-                "channel": CHANNELS[int(s["channel"][i])] if div else None,
-                "token_kind": ("special" if s["special"][i] else "text") if div else None,
+                "len_a": int(s.len_a[i]),
+                "len_b": int(s.len_b[i]),
+                "token_a": int(s.token_a[i]) if div and s.token_a[i] >= 0 else None,
+                "token_b": int(s.token_b[i]) if div and s.token_b[i] >= 0 else None,
+                "margin_a": _f(s.margin_a[i]),
+                "margin_b": _f(s.margin_b[i]),
+                "class": CLASSES[int(s.cls[i])],
+                "vllm_rule": bool(s.vllm_rule[i]) if div else None,
+                "channel": CHANNELS[int(s.channel[i])] if div else None,
+                "token_kind": ("special" if s.special[i] else "text") if div else None,
                 "context_before": c.get("before"),
                 "continuation_a": c.get("a"),
                 "continuation_b": c.get("b"),
@@ -171,13 +174,9 @@ def manifest_diff(ma: dict[str, Any], mb: dict[str, Any]) -> list[dict[str, Any]
                 out.append({"section": section, "key": key, "a": fa.get(key), "b": fb.get(key)})
     ea, eb = ma.get("environment"), mb.get("environment")
     if ea or eb:
-        try:
-            from rig.envinfo import diff as env_diff
+        from rig.telemetry.envinfo import diff as env_diff
 
-            pairs = env_diff(ea or {}, eb or {})
-        except ImportError:  # pragma: no cover - envinfo ships with the rig
-            fa, fb = _flat(ea or {}), _flat(eb or {})
-            pairs = [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+        pairs = env_diff(ea or {}, eb or {})
         out += [{"section": "environment", "key": k, "a": va, "b": vb} for k, va, vb in pairs]
     return out
 

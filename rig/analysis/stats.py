@@ -1,6 +1,7 @@
 """Numbers over aligned token rows and paired samples: teacher-forced metrics, paired tests and the noise floor.
 
-`rig diff` aligns two runs (rig.diff) and hands the aligned rows here. Everything is vectorized over NumPy arrays:
+`rig diff` aligns two runs (rig.analysis.diff) and hands the aligned rows here. Everything is vectorized over NumPy
+arrays:
 a million positions with top-20 lists take well under a second. The exact definitions are in docs/metrics.md; each
 function names the test that pins it.
 

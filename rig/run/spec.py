@@ -22,40 +22,58 @@ from pathlib import Path
 from typing import Any
 
 from rig.errors import UserError
-
-# Harmony's stop tokens for a whole answer: <|return|> and <|call|>. <|end|> (200007) only closes the analysis message.
-HARMONY_RETURN = 200002
-HARMONY_CALL = 200012
-DEFAULT_STOP_TOKEN_IDS = (HARMONY_RETURN, HARMONY_CALL)
+from rig.harmony import STOP_TOKEN_IDS as DEFAULT_STOP_TOKEN_IDS
+from rig.stacks import stack_names
 
 DTYPES = ("bfloat16", "float16", "float32")
 QUANTIZATIONS = ("auto", "mxfp4", "dequantize", "none")
-STACKS = ("hf", "vllm", "openai")
+STACKS = stack_names()
+
+
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = "",
+    factory: Any = None,
+    **cli: Any,
+) -> Any:
+    """A spec field with its command-line option: help text, choices and flag name live on the field itself, and
+    rig.cli.options generates `rig run` / `rig score` options from them, so a field cannot drift from its flag.
+
+    flag "" derives `--field-name` from the field's name; flag None keeps the field out of the command line (TOML only).
+    Extra keywords (multiple, metavar, secondary) go to the click option.
+    """
+    meta = {"help": help, "choices": choices, "flag": flag, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class SamplingSpec:
-    """How tokens are chosen. Every field is passed explicitly to every stack (no stack default leaks in).
+    """How tokens are chosen. Every field is passed explicitly to every stack (no stack default leaks in); each field's
+    help says which stacks honour it."""
 
-    temperature     all stacks. 0 means greedy.
-    top_p           all stacks. 1.0 disables.
-    top_k           all stacks. 0 disables (the gpt-oss generation config would otherwise apply top_k=50 in hf).
-    max_new_tokens  all stacks.
-    stop_token_ids  all stacks; harmony's <|return|> and <|call|> by default. The stop token itself is recorded.
-    seed            all stacks: per request in vllm and openai, per batch in hf; keys the coupled noise.
-    samples         samples per prompt (all stacks).
-    coupled         temperature > 0 only: shared Gumbel noise keyed by (seed, prompt id, sample, position), applied
-                    identically by hf and vllm, so equal logits give equal tokens. None means "on when sampling".
-    """
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 64
-    stop_token_ids: tuple[int, ...] = DEFAULT_STOP_TOKEN_IDS
-    seed: int = 0
-    samples: int = 1
-    coupled: bool | None = None
+    temperature: float = option(0.0, "0 is greedy. All stacks.")
+    top_p: float = option(1.0, "1.0 disables. All stacks.")
+    top_k: int = option(0, "0 disables (gpt-oss's generation config would otherwise apply 50 in hf). All stacks.")
+    max_new_tokens: int = option(64, "Tokens to generate per sequence. All stacks.")
+    stop_token_ids: tuple[int, ...] = option(
+        DEFAULT_STOP_TOKEN_IDS,
+        "Stop token ID, repeatable; harmony's <|return|> and <|call|> by default. The stop token is recorded.",
+        flag="--stop-token-id",
+        multiple=True,
+    )
+    seed: int = option(0, "Sampling seed: per request in vllm and openai, per batch in hf; keys the coupled noise.")
+    samples: int = option(1, "Samples per prompt. All stacks.")
+    coupled: bool | None = option(
+        None,
+        "Shared Gumbel noise keyed by (seed, prompt id, sample, position) when sampling, applied identically by hf and "
+        "vllm, so equal logits give equal tokens. [default: on when sampling]",
+        flag="--coupled/--no-coupled",
+    )
 
     @property
     def greedy(self) -> bool:
@@ -71,30 +89,34 @@ class SamplingSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One stack configuration. Fields that a stack does not use are still recorded (and hashed).
+    """One stack configuration. Fields that a stack does not use are still recorded (and hashed)."""
 
-    engine_args holds extra stack arguments as sorted (name, value) pairs, e.g. vLLM's kv_cache_dtype.
-    api_key_env names the environment variable holding an endpoint's key; the key itself is never stored.
-    """
-
-    stack: str = "hf"
-    model: str = ""
-    revision: str | None = None
-    dtype: str = "bfloat16"
-    quantization: str = "auto"
-    attention: str = "auto"
-    experts: str = "auto"
-    device: str = "auto"
-    logprobs: int = 20
-    batch_size: int = 8
-    max_model_len: int | None = None
-    sampling: SamplingSpec = field(default_factory=SamplingSpec)
-    engine_args: tuple[tuple[str, Any], ...] = ()
-    base_url: str | None = None
-    served_model: str | None = None
-    api_key_env: str | None = None
-    concurrency: int = 8
-    request_timeout_s: float = 120.0
+    stack: str = option("hf", "Inference stack.", choices=STACKS)
+    model: str = option("", "Local model directory or hub id (openai: the served model name).")
+    revision: str | None = option(None, "Hub revision (commit) of the model.")
+    dtype: str = option("bfloat16", "Activation dtype.", choices=DTYPES)
+    quantization: str = option("auto", "MXFP4 path.", choices=QUANTIZATIONS)
+    attention: str = option("auto", "Attention implementation or backend (hf: eager, flex_attention, ...).")
+    experts: str = option("auto", "MoE experts implementation (hf: eager, grouped_mm, batched_mm).")
+    device: str = option("auto", "cpu, cuda, cuda:1 ...")
+    logprobs: int = option(20, "Top-K alternatives recorded per token, 0..20.")
+    batch_size: int = option(8, "Sequences per batch (and per tokens/ part).")
+    max_model_len: int | None = option(None, "vLLM context length.")
+    sampling: SamplingSpec = option(factory=SamplingSpec, flag=None)
+    engine_args: tuple[tuple[str, Any], ...] = option(
+        (),
+        "Extra stack argument, repeatable (vLLM engine arguments; VLLM_* become environment variables).",
+        flag="--engine-arg",
+        multiple=True,
+        metavar="NAME=VALUE",
+    )
+    base_url: str | None = option(None, "openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    served_model: str | None = option(None, "openai: the model name the server expects (default: --model).", flag=None)
+    api_key_env: str | None = option(
+        None, "openai: name of the environment variable holding the API key (the key itself is never stored)."
+    )
+    concurrency: int = option(8, "openai: requests in flight.")
+    request_timeout_s: float = option(120.0, "openai: seconds before a request is retried.", flag=None)
 
     def __post_init__(self) -> None:
         _validate(self)

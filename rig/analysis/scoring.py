@@ -4,7 +4,7 @@ A token-level diff says where two stacks part ways; this module says whether it 
 `reference` and a `reference_type` (exact, numeric, regex, choice) in prompts.jsonl; the answer is read from the
 harmony final channel (completions.jsonl "final"), or from the whole decoded text when the completion has no final
 channel (counted and reported as a fallback). Accuracy per run, the paired difference over prompts with a bootstrap
-95% interval, and McNemar's exact p-value come from rig.stats. Definitions: docs/metrics.md, "Task level".
+95% interval, and McNemar's exact p-value come from rig.analysis.stats. Definitions: docs/metrics.md, "Task level".
 
     res = score_run(RunReader("runs/a"))       # TaskScores: per (prompt, sample) pass/fail
     cmp = compare_task(res_a, res_b)           # accuracy per run, paired difference, interval, McNemar p
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from rig.analysis.stats import bootstrap_paired, mcnemar_exact
 from rig.errors import UserError
-from rig.stats import bootstrap_paired, mcnemar_exact
 
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 _LETTERS = "ABCDEFGHIJ"

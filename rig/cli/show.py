@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 
-from rig.runs import RunReader
-from rig.suite import Suite, decode
+from rig.harmony import decode
+from rig.run.store import RunReader
+from rig.run.suite import Suite
 
 
 def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
@@ -118,3 +120,38 @@ def show_suite(suite: Suite, *, with_tokens: bool = False, console: Console | No
             console.print(f"reference ({p.reference_type}): {p.reference}", markup=False)
         if with_tokens:
             console.print(list(p.token_ids), markup=False)
+
+
+# ---- commands ------------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--prompts/--no-prompts", default=True, show_default=True, help="List each sequence.")
+def show(run_dir, prompts):
+    """Summarize a run directory: status, spec, what the stack resolved, counts, timings, telemetry."""
+    show_run(run_dir, with_prompts=prompts)
+
+
+@click.group()
+def suite():
+    """Prompt suites."""
+
+
+@suite.command("show")
+@click.argument("name_or_path")
+@click.option("--date", "conversation_date", default=None, help="Harmony conversation date.")
+@click.option("--reasoning-effort", type=click.Choice(["low", "medium", "high"]))
+@click.option("--tokens", is_flag=True, help="Print the token IDs too.")
+def suite_show(name_or_path, conversation_date, reasoning_effort, tokens):
+    """Render a suite (bundled NAME or PATH) and print each prompt with its token count."""
+    from rig.run.suite import RenderOptions, load_suite
+
+    base = RenderOptions().to_dict()
+    base.update(
+        {k: v for k, v in {"conversation_date": conversation_date, "reasoning_effort": reasoning_effort}.items() if v}
+    )
+    show_suite(load_suite(name_or_path, RenderOptions(**base)), with_tokens=tokens)
+
+
+COMMANDS = (show, suite)

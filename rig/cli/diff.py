@@ -61,8 +61,8 @@ def diff_command(
 
     Exits 0 within the thresholds, 1 beyond them, 2 when the runs cannot be compared.
     """
-    from rig.report import diff_paths
-    from rig.report.summary import Thresholds, dumps
+    from rig.analysis.compare import diff_paths
+    from rig.analysis.summary import Thresholds, dumps
     from rig.report.terminal import print_diff, progress_bar
 
     console = Console(stderr=False)
@@ -126,3 +126,6 @@ def report_command(runs, output, scored, floor, tau, force, max_prompts):
     except UserError as exc:
         _fail(exc)
     click.echo(f"wrote {path}")
+
+
+COMMANDS = (diff_command, report_command)

@@ -2,8 +2,8 @@
 
 Two runs are comparable only if the hardware behaved: a GPU that was power-capped, thermally throttled or shared
 with another job makes different timing and sometimes different kernel choices. This module samples NVML (through
-a backend from rig.nvml) and the host (through /proc and psutil) on one background thread and keeps the phase
-markers the stack sets; rig.telemetry_results turns that into energy (J), mean power (W) and energy per generated
+a backend from rig.telemetry.nvml) and the host (through /proc and psutil) on one background thread and keeps the phase
+markers the stack sets; rig.telemetry.results turns that into energy (J), mean power (W) and energy per generated
 token (J/token) per phase, the summary, and the Parquet files.
 
     rec = TelemetryRecorder(rate_hz=10.0, gpu=True)   # gpu=True: try NVML, else host only, with the reason recorded
@@ -14,8 +14,8 @@ token (J/token) per phase, the summary, and the Parquet files.
 NVML is reached only through a backend object: `NvmlBackend` (the real one) or `ReplayBackend`, which replays a
 JSONL trace, so the sampler's logic is tested without a GPU. Record a trace on a GPU machine with
 `python -m rig.telemetry record-trace PATH --seconds 5 --rate-hz 20`. Files, fields and units: docs/telemetry.md.
-Public names from rig.nvml and rig.telemetry_results stay importable from here (see __all__).
-`import rig.telemetry` imports neither torch nor pynvml.
+Public names from rig.telemetry.nvml and rig.telemetry.results stay importable from here (see __all__).
+`import rig.telemetry.recorder` imports neither torch nor pynvml.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rig.nvml import (
+from rig.telemetry.nvml import (
     _MIB,
     CLOCK_EVENT_REASONS,
     FIELD_MIN_PERIOD_S,
@@ -52,7 +52,7 @@ from rig.nvml import (
     nvml_error,
     record_trace,
 )
-from rig.telemetry_results import GPU_COLUMNS, SCHEMA, columns_from_raw, load_telemetry, summarize, write_tables
+from rig.telemetry.results import GPU_COLUMNS, SCHEMA, columns_from_raw, load_telemetry, summarize, write_tables
 
 __all__ = [
     "CLOCK_EVENT_REASONS",
@@ -427,6 +427,11 @@ class TelemetryRecorder:
             attrs = self._marks[-1][2]
             attrs["tokens"] = (attrs["tokens"] or 0) + int(tokens)
 
+    @property
+    def running(self) -> bool:
+        """Started and not yet stopped."""
+        return self._thread is not None and self._summary is None
+
     def stop(self, tokens: int | None = None) -> dict:
         """Stops sampling (thread joined, NVML shut down) and returns the summary. `tokens`: all tokens generated."""
         if self._summary is not None:
@@ -464,20 +469,3 @@ class TelemetryRecorder:
         if self._summary is None:
             raise RuntimeError("write() before stop()")
         return write_tables(self, directory)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m rig.telemetry", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    rt = sub.add_parser("record-trace", help="record raw NVML readings to a JSONL trace for the replay tests")
-    rt.add_argument("path")
-    rt.add_argument("--seconds", type=float, default=5.0)
-    rt.add_argument("--rate-hz", type=float, default=20.0)
-    args = parser.parse_args()
-    try:
-        written = record_trace(args.path, seconds=args.seconds, rate_hz=args.rate_hz)
-    except TelemetryError as exc:
-        raise SystemExit(f"record-trace: {exc}") from None
-    print(f"wrote {written} ({sum(1 for _ in written.open()) - 1} readings)")

@@ -1,17 +1,17 @@
 """NVML access for telemetry: the one place that talks to the GPU driver, or replays what it once said.
 
-The sampler in rig.telemetry asks a backend (`init`, `shutdown`, `system_info`, `devices`, `read(index, field)`):
+The sampler in rig.telemetry.recorder asks a backend (`init`, `shutdown`, `system_info`, `devices`, `read(index,
+field)`):
 `NvmlBackend` is real NVML through nvidia-ml-py (imported only in `init()`, after checking the module is NVIDIA's);
 `ReplayBackend` replays a JSONL trace on a clock, so the sampler is tested without a GPU. NVML failures become the
 typed errors below. `record_trace` writes the traces (on a GPU: `python -m rig.telemetry record-trace PATH`).
-Fields, units and the trace format: docs/telemetry.md. `import rig.nvml` imports neither torch nor pynvml.
+Fields, units and the trace format: docs/telemetry.md. `import rig.telemetry.nvml` imports neither torch nor pynvml.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
-import datetime as _dt
 import importlib.metadata
 import importlib.util
 import json
@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from rig.files import now_iso
 
 TRACE_FORMAT = "rig-nvml-trace"
 
@@ -62,7 +64,7 @@ _MIB = 1024 * 1024
 
 def _now_iso() -> str:
     """The current UTC time as ISO 8601 with milliseconds and a trailing "Z"."""
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return now_iso("milliseconds")
 
 
 def decode_clock_event_reasons(mask: int) -> list[str]:
@@ -74,7 +76,7 @@ def decode_clock_event_reasons(mask: int) -> list[str]:
 
 
 class TelemetryError(Exception):
-    """Base of the errors raised by rig.nvml and rig.telemetry."""
+    """Base of the errors raised by rig.telemetry.nvml and rig.telemetry.recorder."""
 
 
 class NvmlError(TelemetryError):
@@ -452,7 +454,7 @@ def record_trace(path: str | os.PathLike, seconds: float = 5.0, rate_hz: float =
             "format": TRACE_FORMAT,
             "version": 1,
             "synthetic": False,
-            "note": "recorded with rig.telemetry",
+            "note": "recorded with rig.telemetry.recorder",
             "recorded_at": _now_iso(),
             "rate_hz": rate_hz,
             **backend.system_info(),

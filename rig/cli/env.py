@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from rig import envinfo
 from rig.errors import UserError
+from rig.telemetry import envinfo
 
 
 def load_environment(path: str | Path) -> dict:
@@ -147,3 +147,6 @@ def env_command(as_json: bool, diff_paths: tuple[str, str] | None, no_torch: boo
         click.echo(json.dumps(env, indent=1, default=str))
     else:
         _print_env(env)
+
+
+COMMANDS = (env_command,)

@@ -61,6 +61,20 @@ def couple_logits(
     return x + torch.from_numpy(noise).to(x.device)
 
 
+# ---- the wire protocol to vLLM's logits processor (rig.stacks.vllm_coupled), offline or behind a server -------------
+
+COUPLED_PROCESSOR = "rig.stacks.vllm_coupled:RigCoupledLogitsProcessor"
+# Coupled-sampling settings travel as flat extra_args (the OpenAI server's vllm_xargs accept only flat values).
+COUPLED_PREFIX = "rig_coupled_"
+COUPLED_FIELDS = ("seed", "prompt_id", "sample", "temperature", "top_k", "top_p")
+
+
+def coupled_extra_args(seed: int, prompt_id: str, sample: int, temperature: float, top_k: int, top_p: float) -> dict:
+    """The SamplingParams.extra_args (or vllm_xargs) that turn on rig.stacks.vllm_coupled for one request."""
+    values = (int(seed), str(prompt_id), int(sample), float(temperature), int(top_k), float(top_p))
+    return {COUPLED_PREFIX + f: v for f, v in zip(COUPLED_FIELDS, values, strict=True)}
+
+
 def request_seed(seed: int, prompt_id: str, sample: int) -> int:
     """A per-request seed (31 bits, accepted by every server) derived from (run seed, prompt id, sample index)."""
     digest = hashlib.sha256(f"{int(seed)}|{prompt_id}|{int(sample)}".encode()).digest()

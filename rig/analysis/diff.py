@@ -3,203 +3,31 @@
 `rig diff A B` and `rig report` both start here. Two runs of the same prompt token IDs are aligned sequence by
 sequence ((prompt id, sample)); the first divergence, both runs' top-1 minus top-2 margins there, the near-tie or
 confident class, vLLM's rule, the harmony channel and token kind at the divergence are computed for every sequence at
-once over flattened NumPy arrays (no per-token Python loop). A fast loader reads the Parquet parts column-wise with
-a dictionary-encoded prompt_id; rig.runs.RunReader still checks the manifest and the prompt hashes.
+once over flattened NumPy arrays (no per-token Python loop). Loading is rig.analysis.load; the per-sequence table is
+a rig.analysis.results.SequenceDiffs.
 
     a, b, s = load_run("runs/hf"), load_run("runs/vllm"), load_run("runs/vllm-on-hf")
     pair = diff_runs(a, b, tau=0.1, scored=s)
     pair.seq, pair.teacher, sequence_teacher(a, s)   # per-sequence columns, teacher-forced metrics, |delta| per seq
 
-Definitions (exact): docs/metrics.md. Aggregates, the JSON document and the verdict: rig.report.summary.
+Definitions (exact): docs/metrics.md. Aggregates, the JSON document and the verdict: rig.analysis.summary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from rig.analysis.load import Rows, RunData, sequence_rows, take
+from rig.analysis.results import Divergence, SequenceDiffs
+from rig.analysis.stats import mean_by_position, token_metrics
 from rig.errors import UserError
-from rig.runs import RunError, RunReader, token_schema
-from rig.stats import mean_by_position, token_metrics
+from rig.harmony import ANALYSIS_TOKEN, CALL, CHANNEL, END, FINAL_TOKEN, MESSAGE, RETURN, SPECIAL_MIN, START
+from rig.run.store import RunReader
 
 TAU = 0.1  # nats; both margins below it make a near-tie flip
-SPECIAL_MIN = 199998  # harmony's special tokens have IDs >= this
-CHANNEL, START, END, MESSAGE, RETURN, CALL = 200005, 200006, 200007, 200008, 200002, 200012
-ANALYSIS_TOKEN, FINAL_TOKEN = 35644, 17196  # the o200k_harmony tokens "analysis" and "final" (pinned by a test)
-CHANNELS = ("other", "analysis", "final")
-CLASSES = ("identical", "near_tie", "confident", "prefix", "unclassified")
-Rows = np.ndarray | None  # row indices into a run's arrays; None = all of its rows, in order
-
-
-# ---- loading -------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunData:
-    """One run's tokens as flat arrays in (prompt order, sample, pos) order, sequences delimited by offsets."""
-
-    reader: RunReader
-    prompt_ids: list[str]  # in prompts.jsonl order
-    seq_prompt: np.ndarray  # int64 [S] index into prompt_ids
-    seq_sample: np.ndarray  # int64 [S]
-    offsets: np.ndarray  # int64 [S + 1]
-    token_id: np.ndarray  # int32 [N]
-    logprob: np.ndarray  # float32 [N] nats
-    topk_ids: np.ndarray  # int32 [N, K]
-    topk_logprobs: np.ndarray  # float32 [N, K] nats
-
-    @property
-    def path(self) -> Path:
-        return self.reader.path
-
-    @property
-    def name(self) -> str:
-        return self.reader.name
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self.reader.manifest
-
-    @property
-    def k(self) -> int:
-        return self.topk_ids.shape[1]
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
-_COLUMNS = (("prompt_id", np.int32), ("sample", np.int32), ("pos", np.int32), ("token_id", np.int32))
-_COLUMNS += (("logprob", np.float32), ("topk_ids", np.int32), ("topk_logprobs", np.float32))
-
-
-def load_run(path: str | Path, progress: Callable[[int, int], None] | None = None) -> RunData:
-    """Reads a run directory into a RunData; progress(done_parts, total_parts) is called after each part.
-
-    Each Parquet part is decoded once (single-threaded when pyarrow is set so) and each column copied once, zero-copy
-    from Arrow, into preallocated arrays; prompt_id is read dictionary-encoded and mapped to the prompt's index in
-    prompts.jsonl. Rows already in (prompt, sample, pos) order, as the writer leaves them, are not sorted again.
-    """
-    reader = RunReader(path)
-    k = reader.k
-    prompt_ids = list(reader.prompts)
-    pindex = {p: i for i, p in enumerate(prompt_ids)}
-    expected = token_schema(k)
-    parts = reader.part_paths()
-    files = [pq.ParquetFile(part, read_dictionary=["prompt_id"]) for part in parts]
-    for part, pf in zip(parts, files, strict=True):
-        schema = pf.schema_arrow
-        if len(schema) != len(expected) or any(
-            f.name != e.name or not _same_type(f.type, e.type) for f, e in zip(schema, expected, strict=True)
-        ):
-            raise RunError(f"{part}: schema differs from the tokens/ schema for K={k}")
-    n = sum(pf.metadata.num_rows for pf in files)
-    c = {name: np.empty((n, k) if name.startswith("topk") else n, dtype) for name, dtype in _COLUMNS}
-    at = 0
-    for i, (part, pf) in enumerate(zip(parts, files, strict=True)):
-        t = pf.read(use_threads=False)
-        m = t.num_rows
-        _prompt_index(t.column("prompt_id"), pindex, c["prompt_id"][at : at + m], part)
-        for name, _ in _COLUMNS[1:]:
-            _copy_column(t.column(name), c[name][at : at + m], part, name)
-        at += m
-        if progress:
-            progress(i + 1, len(files))
-    return _assemble(reader, prompt_ids, c)
-
-
-def _same_type(got: pa.DataType, want: pa.DataType) -> bool:
-    """Type equality ignoring field nullability and dictionary encoding (prompt_id is read dictionary-encoded)."""
-    if pa.types.is_dictionary(got):
-        got = got.value_type
-    if pa.types.is_fixed_size_list(got) and pa.types.is_fixed_size_list(want):
-        return got.list_size == want.list_size and got.value_type == want.value_type
-    return got == want
-
-
-def _prompt_index(col: pa.ChunkedArray, pindex: dict[str, int], out: np.ndarray, part: Path) -> None:
-    """Writes each row's prompt index (position in prompts.jsonl) into out, through the column's dictionary."""
-    at = 0
-    for chunk in col.chunks:
-        if chunk.null_count:
-            raise RunError(f"{part}: field 'prompt_id' holds nulls")
-        if not pa.types.is_dictionary(chunk.type):
-            chunk = chunk.dictionary_encode()
-        names = chunk.dictionary.to_pylist()
-        lookup = np.array([pindex.get(x, -1) for x in names], dtype=np.int32)
-        if (lookup < 0).any():
-            raise RunError(f"{part}: field 'prompt_id' {names[int(np.argmax(lookup < 0))]!r} is not in prompts.jsonl")
-        if len(chunk):
-            np.take(lookup, _numpy(chunk.indices), out=out[at : at + len(chunk)])
-        at += len(chunk)
-
-
-_NUMPY_TYPES = {pa.from_numpy_dtype(t): np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64, np.float32)}
-
-
-def _numpy(arr: pa.Array) -> np.ndarray:
-    """A zero-copy NumPy view of a primitive Arrow array without nulls. (Array.to_numpy imports pandas when it is
-    installed: 0.4 s on the first call in a process, a third of `rig diff`'s budget.)"""
-    dtype = _NUMPY_TYPES[arr.type]
-    return np.frombuffer(arr.buffers()[1], dtype, len(arr), arr.offset * dtype.itemsize)
-
-
-def _copy_column(col: pa.ChunkedArray, out: np.ndarray, part: Path, name: str) -> None:
-    """Copies an Arrow column (primitive, or fixed-size lists of width out.shape[1]) into out, one memcpy per chunk."""
-    flat = out.reshape(-1)
-    at = 0
-    for chunk in col.chunks:
-        values = chunk
-        if pa.types.is_fixed_size_list(chunk.type):  # .values is free; it ignores a slice offset, flatten() does not
-            values = chunk.values if chunk.offset == 0 else chunk.flatten()
-            values = values.slice(0, len(chunk) * chunk.type.list_size)
-        if chunk.null_count or values.null_count:
-            raise RunError(f"{part}: field {name!r} holds nulls")
-        arr = _numpy(values)
-        flat[at : at + len(arr)] = arr
-        at += len(arr)
-
-
-def _assemble(reader: RunReader, prompt_ids: list[str], c: dict[str, np.ndarray]) -> RunData:
-    """RunData from the loaded columns: sorted by (prompt, sample, pos) only when they are not so already."""
-    pidx, sample, pos = c["prompt_id"], c["sample"], c["pos"]
-    starts = _sequence_starts(pidx, sample, pos)
-    if starts is None:  # parts out of order: sort once by one int64 key
-        key = (pidx.astype(np.int64) * (int(sample.max()) + 1) + sample) * (int(pos.max()) + 1) + pos
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        if (np.diff(key) == 0).any():
-            raise RunError(f"{reader.path / 'tokens'}: a (prompt_id, sample, pos) row appears twice")
-        for name in c:
-            c[name] = c[name][order]
-        pidx, sample, pos = c["prompt_id"], c["sample"], c["pos"]
-        starts = _sequence_starts(pidx, sample, pos)
-        if starts is None:
-            raise RunError(f"{reader.path / 'tokens'}: field 'pos' is not 0, 1, 2, ... within a sequence")
-    offsets = np.concatenate([[0], starts, [len(pidx)]]).astype(np.int64) if len(pidx) else np.zeros(1, np.int64)
-    first, lists = offsets[:-1], (c[name] for name in ("token_id", "logprob", "topk_ids", "topk_logprobs"))
-    return RunData(reader, prompt_ids, pidx[first].astype(np.int64), sample[first].astype(np.int64), offsets, *lists)
-
-
-def _sequence_starts(pidx: np.ndarray, sample: np.ndarray, pos: np.ndarray) -> np.ndarray | None:
-    """Row indices where a new sequence starts (after row 0), or None unless the rows are strictly ordered by
-    (prompt, sample) with pos = 0, 1, 2, ... within each sequence (the order the writer leaves them in)."""
-    if len(pidx) == 0:
-        return np.zeros(0, np.int64)
-    dp, ds = np.diff(pidx), np.diff(sample)
-    new = (dp != 0) | (ds != 0)
-    starts = np.flatnonzero(new) + 1
-    b = starts - 1
-    ordered = ((dp[b] > 0) | ((dp[b] == 0) & (ds[b] > 0))).all()
-    if not (ordered and pos[0] == 0 and (pos[starts] == 0).all() and ((np.diff(pos) == 1) | new).all()):
-        return None
-    return starts
 
 
 # ---- comparability ------------------------------------------------------------------------------------------------
@@ -244,20 +72,6 @@ def _match_sequences(a: RunData, b: RunData, common: list[str]) -> tuple[np.ndar
     code_b = np.where(bp >= 0, bp * width + b.seq_sample, -2)
     _, ia, ib = np.intersect1d(code_a, code_b, assume_unique=True, return_indices=True)
     return ia, ib
-
-
-def _rows(run: RunData, seqs: np.ndarray, counts: np.ndarray) -> Rows:
-    """Row indices of the first counts[i] rows of each sequence seqs[i], in order; None when that is every row of the
-    run in its own order (two runs of one suite, fully aligned: no index array and no gathered copies then)."""
-    n = len(seqs)
-    if n == len(run.offsets) - 1 and np.array_equal(counts, run.lengths) and np.array_equal(seqs, np.arange(n)):
-        return None
-    return np.repeat(run.offsets[seqs] - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
-
-
-def _take(arr: np.ndarray, rows: Rows) -> np.ndarray:
-    """arr[rows], or arr itself when rows is None (all rows, in order)."""
-    return arr if rows is None else arr[rows]
 
 
 # ---- harmony channels --------------------------------------------------------------------------------------------
@@ -310,7 +124,7 @@ class PairDiff:
     tau: float
     common: list[str]
     dropped: list[str]
-    seq: dict[str, np.ndarray]
+    seq: SequenceDiffs
     unmatched: dict[str, int]
     prefix: dict[str, Any]  # teacher-forced metrics on the common prefix (always available)
     scored: dict[str, Any] | None = None  # teacher-forced metrics from a scored run (B's stack on A's tokens)
@@ -344,7 +158,7 @@ def diff_runs(
     la, lb = a.lengths[ia], b.lengths[ib]
     m = np.minimum(la, lb)
     # first divergence: the first differing token over the common length, else the shorter length (prefix rule)
-    neq = np.flatnonzero(_take(a.token_id, _rows(a, ia, m)) != _take(b.token_id, _rows(b, ib, m)))
+    neq = np.flatnonzero(take(a.token_id, sequence_rows(a, ia, m)) != take(b.token_id, sequence_rows(b, ib, m)))
     d = np.where(la == lb, -1, m).astype(np.int64)
     if len(neq):
         seg = np.searchsorted(np.cumsum(m), neq, side="right")
@@ -358,12 +172,12 @@ def diff_runs(
     margin_a, margin_b = _margin(a, ra), _margin(b, rb)
     prefix_case = div & ((ra < 0) | (rb < 0))
     both = div & ~prefix_case
-    cls = np.zeros(len(d), np.int8)
+    cls = np.full(len(d), Divergence.IDENTICAL, np.int8)
     near = both & (margin_a < tau) & (margin_b < tau)
-    cls[near] = 1
-    cls[both & ~near] = 2
-    cls[prefix_case] = 3
-    cls[both & (np.isnan(margin_a) | np.isnan(margin_b))] = 4
+    cls[near] = Divergence.NEAR_TIE
+    cls[both & ~near] = Divergence.CONFIDENT
+    cls[prefix_case] = Divergence.PREFIX
+    cls[both & (np.isnan(margin_a) | np.isnan(margin_b))] = Divergence.UNCLASSIFIED
     vllm = np.ones(len(d), bool)
     if both.any():
         vllm[both] = _in_topk(b.topk_ids, rb[both], tok_a[both]) & _in_topk(a.topk_ids, ra[both], tok_b[both])
@@ -376,15 +190,30 @@ def diff_runs(
     prompts = a.reader.prompts
     names = [prompts[p].get("category") or "none" for p in a.prompt_ids]
     categories = np.array(names, dtype=object)[a.seq_prompt[ia]].astype(str) if len(ia) else np.array([], str)
-    seq = dict(ia=ia, ib=ib, prompt=a.seq_prompt[ia], sample=a.seq_sample[ia], len_a=la, len_b=lb, d=d)
-    seq |= dict(token_a=tok_a, token_b=tok_b, margin_a=margin_a, margin_b=margin_b, cls=cls, vllm_rule=vllm)
-    seq |= dict(channel=chan, special=special, category=categories)
+    seq = SequenceDiffs(
+        ia=ia,
+        ib=ib,
+        prompt=a.seq_prompt[ia],
+        sample=a.seq_sample[ia],
+        len_a=la,
+        len_b=lb,
+        d=d,
+        token_a=tok_a,
+        token_b=tok_b,
+        margin_a=margin_a,
+        margin_b=margin_b,
+        cls=cls,
+        vllm_rule=vllm,
+        channel=chan,
+        special=special,
+        category=categories,
+    )
     # teacher-forced on the common prefix: positions before d (all positions of identical sequences)
     mode = ("delta" if scored is not None else "full") if prefix_metrics == "auto" else prefix_metrics
     prefix: dict[str, Any] = {"source": "prefix", "n_positions": None}
     if mode != "none":
         n_pre = np.where(div, d, la)
-        rows_a, rows_b = _rows(a, ia, n_pre), _rows(b, ib, n_pre)
+        rows_a, rows_b = sequence_rows(a, ia, n_pre), sequence_rows(b, ib, n_pre)
         prefix = _teacher(a, b, rows_a, rows_b, n_pre, source="prefix", lists=mode == "full")
     unmatched = {"a": len(a.offsets) - 1 - len(ia), "b": len(b.offsets) - 1 - len(ib)}
     pair = PairDiff(a, b, tau, common, dropped, seq, unmatched, prefix)
@@ -414,8 +243,8 @@ def _in_topk(topk_ids: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> np.n
 def _teacher(a: RunData, b: RunData, rows_a: Rows, rows_b: Rows, counts: np.ndarray, source: str, lists=True) -> dict:
     """token_metrics over aligned rows (None: all rows; lists=False: delta statistics only) plus mean |delta| by
     position; the rows are the first counts[i] of each compared sequence. The top-K lists are gathered chunk by chunk
-    inside rig.stats, never copied whole."""
-    lp_a, lp_b = _take(a.logprob, rows_a), _take(b.logprob, rows_b)
+    inside rig.analysis.stats, never copied whole."""
+    lp_a, lp_b = take(a.logprob, rows_a), take(b.logprob, rows_b)
     if lists and min(a.k, b.k):  # lists of different K are compared over their common top-k (the rest joins the tail)
         lists_ab = (a.topk_ids, a.topk_logprobs, b.topk_ids, b.topk_logprobs)
         metrics = token_metrics(lp_a, lp_b, *lists_ab, rows_a=rows_a, rows_b=rows_b)
@@ -428,7 +257,7 @@ def _teacher(a: RunData, b: RunData, rows_a: Rows, rows_b: Rows, counts: np.ndar
     return metrics
 
 
-def _scored_rows(a: RunData, s: RunData, common: list[str] | None = None) -> tuple[np.ndarray, Rows, Rows]:
+def _scoredsequence_rows(a: RunData, s: RunData, common: list[str] | None = None) -> tuple[np.ndarray, Rows, Rows]:
     """(A's sequences that S scored, their rows in A, the same rows in S; None = all rows in order).
 
     Refuses (UserError) an S that is not a scored run, or whose tokens are not A's, naming the first differing sequence.
@@ -440,11 +269,11 @@ def _scored_rows(a: RunData, s: RunData, common: list[str] | None = None) -> tup
     common = [p for p in (common or common_s) if p in in_s]
     ia, i_s = _match_sequences(a, s, common)
     la = a.lengths[ia]
-    rows_a, rows_s = _rows(a, ia, la), None
+    rows_a, rows_s = sequence_rows(a, ia, la), None
     bad = np.flatnonzero(la != s.lengths[i_s])
     if len(bad) == 0:
-        rows_s = _rows(s, i_s, la)
-        mism = np.flatnonzero(_take(a.token_id, rows_a) != _take(s.token_id, rows_s))
+        rows_s = sequence_rows(s, i_s, la)
+        mism = np.flatnonzero(take(a.token_id, rows_a) != take(s.token_id, rows_s))
         if len(mism):
             bad = np.searchsorted(np.cumsum(la), mism[:1], side="right")
     if len(bad):
@@ -459,7 +288,7 @@ def teacher_from_scored(a: RunData, s: RunData, common: list[str] | None = None)
 
     Refuses (UserError) a scored run whose tokens are not A's tokens, naming the first differing sequence.
     """
-    ia, rows_a, rows_s = _scored_rows(a, s, common)
+    ia, rows_a, rows_s = _scoredsequence_rows(a, s, common)
     out = _teacher(a, s, rows_a, rows_s, a.lengths[ia], source="scored")
     out["run"] = str(s.path)
     out["sequences"] = int(len(ia))
@@ -470,9 +299,9 @@ def sequence_teacher(a: RunData, s: RunData) -> dict[tuple[str, int], float]:
     """Per (prompt id, sample) of A that S scored: the teacher-forced mean |lp_S(a_i) - lp_A(a_i)| over that
     sequence's tokens, in nats (NaN for a sequence of no tokens). S is a run of kind "score" of A's tokens; refuses
     (UserError) any other run exactly as teacher_from_scored does."""
-    ia, rows_a, rows_s = _scored_rows(a, s)
+    ia, rows_a, rows_s = _scoredsequence_rows(a, s)
     counts = a.lengths[ia]
-    absdelta = np.abs(_take(s.logprob, rows_s).astype(np.float64) - _take(a.logprob, rows_a))
+    absdelta = np.abs(take(s.logprob, rows_s).astype(np.float64) - take(a.logprob, rows_a))
     means = np.full(len(ia), np.nan)
     nonempty = np.flatnonzero(counts)
     if len(nonempty):  # reduceat over the starts of non-empty sequences: each sum runs to the next start
@@ -481,13 +310,13 @@ def sequence_teacher(a: RunData, s: RunData) -> dict[tuple[str, int], float]:
     return {(a.prompt_ids[p], smp): float(x) for (p, smp), x in zip(keys, means.tolist(), strict=True)}
 
 
-def _contexts(a: RunData, b: RunData, seq: dict[str, np.ndarray], n: int) -> list[dict[str, str]]:
+def _contexts(a: RunData, b: RunData, seq: SequenceDiffs, n: int) -> list[dict[str, str]]:
     """Decoded text around each divergence: n tokens before d, and each run's n tokens from d on."""
-    from rig.suite import decode
+    from rig.harmony import decode
 
-    div = np.flatnonzero(seq["d"] >= 0)
-    sa, sb = a.offsets[seq["ia"][div]].tolist(), b.offsets[seq["ib"][div]].tolist()
-    cols = zip(seq["d"][div].tolist(), sa, sb, seq["len_a"][div].tolist(), seq["len_b"][div].tolist(), strict=True)
+    div = np.flatnonzero(seq.d >= 0)
+    sa, sb = a.offsets[seq.ia[div]].tolist(), b.offsets[seq.ib[div]].tolist()
+    cols = zip(seq.d[div].tolist(), sa, sb, seq.len_a[div].tolist(), seq.len_b[div].tolist(), strict=True)
     return [
         {
             "before": decode(a.token_id[s_a + max(0, d - n) : s_a + d]),

@@ -4,7 +4,8 @@ When two runs disagree, the first question is what differed besides the stack: t
 switch, a library version, an environment variable that picks a kernel. `capture()` records all of that into
 manifest["environment"]; `diff(a, b)` lists only what differs between two captures (`rig env --diff RUN_A RUN_B`).
 
-Rules it keeps: `import rig.envinfo` imports neither torch nor pynvml; torch is imported inside `capture()` only if
+Rules it keeps: `import rig.telemetry.envinfo` imports neither torch nor pynvml; torch is imported inside `capture()`
+only if
 it is installed (and `torch=False` skips it); CUDA is never initialized here (vLLM forks its engine afterwards), so
 GPU facts come from NVML, and from torch only when CUDA is already up; secret-looking environment values are
 replaced by "<redacted>" before anything is returned, so no secret can reach a file.
@@ -12,7 +13,6 @@ replaced by "<redacted>" before anything is returned, so no secret can reach a f
 
 from __future__ import annotations
 
-import datetime as _dt
 import importlib.metadata
 import importlib.util
 import os
@@ -23,6 +23,8 @@ import sys
 import warnings
 from pathlib import Path
 from typing import Any
+
+from rig.files import now_iso
 
 REDACTED = "<redacted>"
 ENV_PREFIXES = (
@@ -159,16 +161,16 @@ def _system() -> dict:
 
 def _gpu_nvml() -> dict:
     """GPUs as NVML sees them (no CUDA context): names, compute capability, driver and CUDA driver versions."""
-    from rig import telemetry
+    from rig.telemetry.nvml import NvmlBackend, NvmlError, NvmlRefused
 
-    backend = telemetry.NvmlBackend()
+    backend = NvmlBackend()
     try:
         backend.init()
-    except (telemetry.NvmlError, telemetry.NvmlRefused) as exc:
+    except (NvmlError, NvmlRefused) as exc:
         return {"source": "nvml", "available": False, "reason": str(exc)}
     try:
         return {"source": "nvml", "available": True, **backend.system_info(), "devices": backend.devices()}
-    except telemetry.NvmlError as exc:
+    except NvmlError as exc:
         return {"source": "nvml", "available": False, "reason": str(exc)}
     finally:
         backend.shutdown()
@@ -285,7 +287,7 @@ def capture(torch: bool = True, nvml: bool = True) -> dict:
         if version and dist != dists[0]:
             packages[f"{key}_distribution"] = dist
     return {
-        "captured_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "captured_at": now_iso(),
         **_system(),
         "gpu": _gpu_nvml() if nvml else {"source": "nvml", "available": False, "reason": "nvml=False"},
         "torch": _torch_info(torch),

@@ -1,1 +1,0 @@
-"""Click commands contributed by feature modules; rig.cli registers them."""
