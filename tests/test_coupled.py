@@ -16,6 +16,7 @@ import json
 import numpy as np
 import pytest
 
+from rig.analysis.numerics import logit_grid
 from rig.run.runner import generation_requests, plan_batches
 from rig.run.spec import RunSpec, SamplingSpec
 from rig.run.suite import load_suite
@@ -122,9 +123,14 @@ def test_vllm_coupled_records_raw_logprobs(vllm_engine, requests_, vllm_coupled,
     scored = vllm_engine.score(
         [Request(q.prompt, q.sample, r.token_ids) for q, r in zip(requests_, results, strict=True)]
     )
+    # Bounds follow from the precision, not from this CPU: the logits sit on a bf16 grid (read from the data), and two
+    # computations of one logit (decode against prefill, or two stacks) differ by rounding steps of that grid.
+    grid = logit_grid(top, "bfloat16")["grid"]
     delta = np.abs(lp - np.concatenate([s.logprobs for s in scored]))
-    assert delta.max() < 0.05, delta.max()
-    # and so does hf's raw logprob, where the two stacks sampled the same tokens
+    assert np.median(delta) <= grid and np.percentile(delta, 99) <= 2 * grid, (grid, np.percentile(delta, [50, 99]))
+    # and so does hf's raw logprob in bulk, where the two stacks sampled the same tokens; single positions may jump
+    # by a nat or more where a router near-tie sends the token to another expert in one stack (a spike: rig diff
+    # lists those, tests/test_diff.py::test_real_hf_against_vllm checks that it does)
     diffs = []
     for key, v in vllm_coupled.items():
         h = hf_coupled[key]
@@ -132,7 +138,40 @@ def test_vllm_coupled_records_raw_logprobs(vllm_engine, requests_, vllm_coupled,
         d = int(np.argmax(v.token_ids[:m] != h.token_ids[:m])) if (v.token_ids[:m] != h.token_ids[:m]).any() else m
         diffs.append(np.abs(v.logprobs[:d] - h.logprobs[:d]))
     diffs = np.concatenate(diffs)
-    assert diffs.max() < 0.25 and diffs.mean() < 0.1, (diffs.max(), diffs.mean())
+    assert np.median(diffs) <= grid and np.percentile(diffs, 90) <= 2 * grid, (grid, np.percentile(diffs, [50, 90]))
+
+
+@pytest.mark.slow
+def test_coupled_hf_against_vllm_agrees_against_a_floor(tiny_model, vllm_engine, tmp_path):
+    """Sampled runs raise no false alarm: coupled hf against coupled vLLM at T=1 splits only where the perturbed
+    margin (logprob + T g) is within rounding, and the verdict against an hf replicate floor is 0."""
+    from click.testing import CliRunner
+
+    from rig.cli import main
+    from rig.run import runner
+
+    suite = load_suite("default")
+    spec = RunSpec(stack="hf", model=str(tiny_model), sampling=sampling(True))
+    hf = runner.execute(spec, tmp_path / "hf", suite=suite, telemetry_hz=0)
+    hf2 = runner.execute(spec, tmp_path / "hf2", suite=suite, telemetry_hz=0)
+    vllm_engine.set_sampling(sampling(True))
+    vspec = RunSpec(stack="vllm", model=str(tiny_model), max_model_len=4096, sampling=sampling(True))
+    vllm = runner.execute(vspec, tmp_path / "vllm", suite=suite, telemetry_hz=0, stack=vllm_engine)
+    out = tmp_path / "d.json"
+    res = CliRunner().invoke(main, ["diff", str(hf), str(vllm), "--floor", str(hf), str(hf2), "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert res.exit_code == 0, doc["verdict"]["line"]
+    assert doc["sampling"]["mode"] == "coupled" and doc["summary"]["confident"] == 0
+    splits = [r for r in doc["sequences"] if not r["identical"] and r["class"] != "prefix"]
+    assert all(r["vllm_rule"] is None for r in splits), "vLLM's rule is for greedy runs only"
+    for r in splits:  # the deciding (perturbed) margins are within rounding: both under tau
+        assert 0 <= r["margin_a"] < doc["tau"] and 0 <= r["margin_b"] < doc["tau"], r
+    # the same runs without shared noise are judged "sampled": no claim either way
+    free = runner.execute(spec.replace(sampling=sampling(False)), tmp_path / "free", suite=suite, telemetry_hz=0)
+    res = CliRunner().invoke(main, ["diff", str(hf), str(free), "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert res.exit_code == 0 and doc["sampling"]["mode"] == "sampled" and doc["summary"]["confident"] == 0
+    assert doc["summary"]["sampled"] == doc["summary"]["divergent"] - doc["summary"]["prefix"]
 
 
 @pytest.mark.slow

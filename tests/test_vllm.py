@@ -100,8 +100,13 @@ def test_score_of_own_output_matches_generation(engine, greedy_runs, tmp_path):
     g, s = source.tokens(), scored.tokens()
     np.testing.assert_array_equal(g.column("token_id").to_numpy(), s.column("token_id").to_numpy())
     delta = np.abs(g.column("logprob").to_numpy() - s.column("logprob").to_numpy())
-    # prefill (scoring) and decode (generation) run different kernels in bf16: close, not always bit-equal
-    assert delta.max() < 0.05 and delta.mean() < 0.005, (delta.max(), delta.mean())
+    # prefill (scoring) and decode (generation) run different kernels in bf16: close, not always bit-equal. The bound
+    # follows from the precision (the logits' bf16 grid, read from the run), not from what this CPU happened to give.
+    from rig.analysis.numerics import logit_grid
+
+    topk = np.asarray(g.column("topk_logprobs").to_pylist(), np.float32)
+    grid = logit_grid(topk, "bfloat16")["grid"]
+    assert np.percentile(delta, 99) <= 2 * grid and delta.mean() < grid / 4, (grid, delta.max(), delta.mean())
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ def diff_paths(
     scored: str | Path | None = None,
     floor: Sequence[str | Path] | None = None,
     floor_scored: str | Path | None = None,
-    tau: float = 0.1,
+    tau: float | None = None,
     force: bool = False,
     thresholds: Thresholds = Thresholds(),
     seed: int = 0,
@@ -50,13 +50,13 @@ def diff_paths(
     """
     run_a, run_b = _load(a, progress), _load(b, progress)
     run_s = _load(scored, progress) if scored else None
-    cross = diff_runs(run_a, run_b, tau=tau, force=force, scored=run_s)
     floor_pair = None
-    if floor:
+    if floor:  # first: the cross pair's tau and spikes take the floor's own noise into account
         fa = run_a if Path(floor[0]).resolve() == Path(a).resolve() else _load(floor[0], progress)
         fb = _load(floor[1], progress)
         fs = _load(floor_scored, progress) if floor_scored else None
         floor_pair = diff_runs(fa, fb, tau=tau, force=force, scored=fs, decode_context=False)
+    cross = diff_runs(run_a, run_b, tau=tau, force=force, scored=run_s, floor=floor_pair)
     return diff_document(
         cross,
         floor=floor_pair,

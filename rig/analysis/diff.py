@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rig.analysis.load import Rows, RunData, sequence_rows, take
+from rig.analysis.numerics import choose_tau, gumbel_at, logit_grid, pair_mode, run_dtype
 from rig.analysis.results import Divergence, SequenceDiffs
 from rig.analysis.stats import mean_by_position, token_metrics
 from rig.errors import UserError
@@ -129,6 +130,10 @@ class PairDiff:
     prefix: dict[str, Any]  # teacher-forced metrics on the common prefix (always available)
     scored: dict[str, Any] | None = None  # teacher-forced metrics from a scored run (B's stack on A's tokens)
     context: list[dict[str, str]] = field(default_factory=list)
+    tau_info: dict[str, Any] = field(default_factory=dict)  # the tau used and why (docs/metrics.md)
+    mode: dict[str, Any] = field(default_factory=dict)  # greedy, coupled or sampled, and why
+    prefix_abs_delta: np.ndarray | None = None  # |lp_B - lp_A| (nats) at every common-prefix position
+    spikes: list[dict[str, Any]] = field(default_factory=list)  # isolated large |delta| on identical prefixes
 
     @property
     def teacher(self) -> dict[str, Any]:
@@ -140,14 +145,19 @@ def diff_runs(
     a: RunData,
     b: RunData,
     *,
-    tau: float = TAU,
+    tau: float | None = None,
     force: bool = False,
     scored: RunData | None = None,
     n_context: int = 8,
     decode_context: bool = True,
     prefix_metrics: str = "auto",
+    floor: PairDiff | None = None,
 ) -> PairDiff:
     """Aligns B to A and computes the per-sequence divergence columns and the teacher-forced metrics (nats).
+
+    tau None derives the near-tie threshold from the runs' logit grids and, with a floor pair, from the floor's own
+    |delta| (rig.analysis.numerics.choose_tau); a number overrides. Splits of coupled runs are judged by the
+    perturbed margin, splits of runs sampled without shared noise are class SAMPLED.
 
     prefix_metrics: "full" (delta statistics, top-1 agreement and KL on the common prefix), "delta" (delta statistics
     only), "none", or "auto" (full without a scored run, delta with one, since the scored run's numbers count then).
@@ -169,15 +179,28 @@ def diff_runs(
     rb = np.where(div & (d < lb), sb + d, -1)
     tok_a = np.where(ra >= 0, a.token_id[np.maximum(ra, 0)] if len(a.token_id) else -1, -1)
     tok_b = np.where(rb >= 0, b.token_id[np.maximum(rb, 0)] if len(b.token_id) else -1, -1)
-    margin_a, margin_b = _margin(a, ra), _margin(b, rb)
+    grids = [logit_grid(r.topk_logprobs, run_dtype(r.manifest)) for r in (a, b)]
+    floor_abs = floor.prefix_abs_delta if floor is not None else None
+    tau_info = choose_tau(grids, floor_abs)
+    if tau is not None:
+        tau_info.update(tau=float(tau), why="given (--tau)")
+    tau_info["grids"] = {"a": grids[0], "b": grids[1]}
+    tau = tau_info["tau"]
+    mode = pair_mode(a.manifest, b.manifest)
     prefix_case = div & ((ra < 0) | (rb < 0))
     both = div & ~prefix_case
+    if mode["mode"] == "coupled":
+        margin_a, margin_b = _perturbed_margins(a, b, ia, ra, rb, tok_a, tok_b, both, d, mode)
+    else:
+        margin_a, margin_b = _margin(a, ra), _margin(b, rb)
     cls = np.full(len(d), Divergence.IDENTICAL, np.int8)
     near = both & (margin_a < tau) & (margin_b < tau)
     cls[near] = Divergence.NEAR_TIE
     cls[both & ~near] = Divergence.CONFIDENT
     cls[prefix_case] = Divergence.PREFIX
     cls[both & (np.isnan(margin_a) | np.isnan(margin_b))] = Divergence.UNCLASSIFIED
+    if mode["mode"] == "sampled":
+        cls[both] = Divergence.SAMPLED
     vllm = np.ones(len(d), bool)
     if both.any():
         vllm[both] = _in_topk(b.topk_ids, rb[both], tok_a[both]) & _in_topk(a.topk_ids, ra[both], tok_b[both])
@@ -209,19 +232,134 @@ def diff_runs(
         category=categories,
     )
     # teacher-forced on the common prefix: positions before d (all positions of identical sequences)
-    mode = ("delta" if scored is not None else "full") if prefix_metrics == "auto" else prefix_metrics
+    metrics_mode = ("delta" if scored is not None else "full") if prefix_metrics == "auto" else prefix_metrics
     prefix: dict[str, Any] = {"source": "prefix", "n_positions": None}
-    if mode != "none":
-        n_pre = np.where(div, d, la)
-        rows_a, rows_b = sequence_rows(a, ia, n_pre), sequence_rows(b, ib, n_pre)
-        prefix = _teacher(a, b, rows_a, rows_b, n_pre, source="prefix", lists=mode == "full")
+    n_pre = np.where(div, d, la)
+    rows_a, rows_b = sequence_rows(a, ia, n_pre), sequence_rows(b, ib, n_pre)
+    abs_delta = np.abs(take(b.logprob, rows_b).astype(np.float64) - take(a.logprob, rows_a))
+    seq.mean_abs_delta = _per_sequence_mean(abs_delta, n_pre)
+    if metrics_mode != "none":
+        prefix = _teacher(a, b, rows_a, rows_b, n_pre, source="prefix", lists=metrics_mode == "full")
     unmatched = {"a": len(a.offsets) - 1 - len(ia), "b": len(b.offsets) - 1 - len(ib)}
-    pair = PairDiff(a, b, tau, common, dropped, seq, unmatched, prefix)
+    pair = PairDiff(a, b, tau, common, dropped, seq, unmatched, prefix, tau_info=tau_info, mode=mode)
+    pair.prefix_abs_delta = abs_delta
+    pair.spikes = find_spikes(a, b, seq, rows_a, rows_b, abs_delta, n_pre, tau, floor_abs)
     if scored is not None:
         pair.scored = teacher_from_scored(a, scored, common)
     if decode_context:
         pair.context = _contexts(a, b, seq, n_context)
     return pair
+
+
+def _lookup(run: RunData, rows: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logprob of tokens[i] at rows[i] from the run's top-K, whether it was in the top-K); absent tokens get the
+    K-th logprob, an upper bound of theirs."""
+    ids, lps = run.topk_ids[rows], run.topk_logprobs[rows].astype(np.float64)
+    hit = ids == tokens[:, None]
+    found = hit.any(axis=1)
+    value = np.where(found, np.where(hit, lps, -np.inf).max(axis=1), lps[:, -1] if lps.shape[1] else np.nan)
+    return value, found
+
+
+def _perturbed_margins(
+    a: RunData,
+    b: RunData,
+    ia: np.ndarray,
+    ra: np.ndarray,
+    rb: np.ndarray,
+    tok_a: np.ndarray,
+    tok_b: np.ndarray,
+    both: np.ndarray,
+    d: np.ndarray,
+    mode: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deciding margins at coupled splits, nats: lp(own) - lp(other) + T (g(own) - g(other)), the gap in the score
+    argmax(logprob + T g) that chose each run's token (g the shared Gumbel noise of that position, regenerated here).
+
+    A sampled token is often outside the other run's top-K, so a run's logprob of the other run's token is then taken
+    from the other run, which recorded it (on an identical prefix the two differ by the drift, hundredths of a nat,
+    against margins of nats); such a margin is an estimate, and its absolute value is used.
+    """
+    out_a, out_b = np.full(len(d), np.nan), np.full(len(d), np.nan)
+    idx = np.flatnonzero(both)
+    if len(idx) == 0 or min(a.k, b.k) == 0:
+        return out_a, out_b
+    t = float(mode["temperature"])
+    own_a, own_b = a.logprob[ra[idx]].astype(np.float64), b.logprob[rb[idx]].astype(np.float64)
+    a_of_b, a_has_b = _lookup(a, ra[idx], tok_b[idx])
+    b_of_a, b_has_a = _lookup(b, rb[idx], tok_a[idx])
+    a_of_b = np.where(a_has_b, a_of_b, own_b)  # A's logprob of B's token, else B's own
+    b_of_a = np.where(b_has_a, b_of_a, own_a)
+    for j, i in enumerate(idx.tolist()):
+        s = int(ia[i])
+        pid, smp = a.prompt_ids[int(a.seq_prompt[s])], int(a.seq_sample[s])
+        g = gumbel_at(mode["seed"], pid, smp, int(d[i]), [int(tok_a[i]), int(tok_b[i])])
+        m_a = own_a[j] - a_of_b[j] + t * (g[0] - g[1])
+        m_b = own_b[j] - b_of_a[j] + t * (g[1] - g[0])
+        out_a[i] = m_a if a_has_b[j] else abs(m_a)
+        out_b[i] = m_b if b_has_a[j] else abs(m_b)
+    return out_a, out_b
+
+
+def _per_sequence_mean(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean of consecutive runs of counts[i] values (NaN for an empty run)."""
+    means = np.full(len(counts), np.nan)
+    nonempty = np.flatnonzero(counts)
+    if len(nonempty):
+        means[nonempty] = np.add.reduceat(values, (np.cumsum(counts) - counts)[nonempty]) / counts[nonempty]
+    return means
+
+
+SPIKE_LEVEL_FACTOR = 10.0  # a spike stands this many times above its sequence's median |delta| (and the floor's p99)
+SPIKE_TAU_FACTOR = 4.0  # ... and at least this many near-tie thresholds
+MAX_SPIKES = 50
+
+
+def find_spikes(
+    a: RunData,
+    b: RunData,
+    seq: SequenceDiffs,
+    rows_a: Rows,
+    rows_b: Rows,
+    abs_delta: np.ndarray,
+    counts: np.ndarray,
+    tau: float,
+    floor_abs: np.ndarray | None,
+) -> list[dict[str, Any]]:
+    """Positions on an identical prefix whose |delta| stands far above the sequence's own level and the floor: the
+    entry points for per-layer localization (largest first, at most MAX_SPIKES). docs/metrics.md, "Spikes"."""
+    if len(abs_delta) == 0:
+        return []
+    starts = np.cumsum(counts) - counts
+    seq_of_row = np.repeat(np.arange(len(counts)), counts)
+    med = np.zeros(len(counts))
+    for i in np.flatnonzero(counts):
+        med[i] = np.median(abs_delta[starts[i] : starts[i] + counts[i]])
+    floor_p99 = float(np.percentile(floor_abs, 99)) if floor_abs is not None and len(floor_abs) else 0.0
+    level = np.maximum(med[seq_of_row], floor_p99)
+    hit = np.flatnonzero((abs_delta > SPIKE_LEVEL_FACTOR * level) & (abs_delta > SPIKE_TAU_FACTOR * tau))
+    hit = hit[np.argsort(-abs_delta[hit], kind="stable")][:MAX_SPIKES]
+    ra = np.arange(len(abs_delta)) if rows_a is None else rows_a
+    rb = np.arange(len(abs_delta)) if rows_b is None else rows_b
+    out = []
+    for r in hit.tolist():
+        i = int(seq_of_row[r])
+        ka, kb = int(ra[r]), int(rb[r])
+        out.append(
+            {
+                "prompt_id": a.prompt_ids[int(seq.prompt[i])],
+                "sample": int(seq.sample[i]),
+                "pos": int(r - starts[i]),
+                "token": int(a.token_id[ka]),
+                "logprob_a": float(a.logprob[ka]),
+                "logprob_b": float(b.logprob[kb]),
+                "abs_delta": float(abs_delta[r]),
+                "sequence_median_abs_delta": float(med[i]),
+                "topk_a": {"ids": a.topk_ids[ka, :5].tolist(), "logprobs": a.topk_logprobs[ka, :5].tolist()},
+                "topk_b": {"ids": b.topk_ids[kb, :5].tolist(), "logprobs": b.topk_logprobs[kb, :5].tolist()},
+            }
+        )
+    return out
 
 
 def _margin(run: RunData, rows: np.ndarray) -> np.ndarray:

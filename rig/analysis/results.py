@@ -69,6 +69,7 @@ class SequenceDiffs:
     channel: np.ndarray  # int8 [S]     harmony channel at d: 0 other, 1 analysis, 2 final; -1 when identical
     special: np.ndarray  # bool [S]     a special (harmony) token at d
     category: np.ndarray  # str [S]      the prompt's category
+    mean_abs_delta: np.ndarray | None = None  # float64 [S] mean |lp_B - lp_A| over the common prefix, nats (NaN: none)
 
     def __len__(self) -> int:
         return len(self.d)

@@ -258,6 +258,14 @@ def mcnemar_exact(n01: int, n10: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def sign_test_p(n_up: int, n_down: int) -> float:
+    """One-sided exact sign test: P(X >= n_up), X ~ Binomial(n_up + n_down, 1/2); 1.0 without untied pairs."""
+    n = int(n_up) + int(n_down)
+    if n == 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, i) for i in range(int(n_up), n + 1)) / 2**n)
+
+
 def two_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float | None:
     """One-sided p-value that rate x1/n1 exceeds x2/n2 (pooled two-proportion z-test); None without data."""
     if n1 == 0 or n2 == 0:

@@ -17,7 +17,7 @@ import numpy as np
 
 from rig.analysis.diff import PairDiff
 from rig.analysis.results import CLASSES
-from rig.analysis.stats import clears_rate, clears_value
+from rig.analysis.stats import bootstrap_paired, clears_rate, clears_value, sign_test_p
 from rig.harmony import CHANNELS
 
 DOC_VERSION = 1
@@ -31,6 +31,9 @@ class Thresholds:
     max_divergent_share: float | None = None  # share of sequences that diverge anywhere
     max_confident: int | None = 0  # sequences whose first divergence is a confident disagreement
     max_mean_abs_delta: float | None = None  # teacher-forced mean |delta logprob|, nats
+    max_spikes: int | None = None  # isolated |delta| spikes on identical prefixes (None: reported, never fail)
+    alpha: float = 0.01  # level of the floor tests (one-sided)
+    min_effect: float | None = None  # nats of drift excess over the floor that count (None: half a logit rounding step)
 
 
 def _f(x: Any) -> float | None:
@@ -61,6 +64,7 @@ def summarize(pair: PairDiff) -> dict[str, Any]:
     div = s.d >= 0
     counts = _counts(s.cls)
     n_div = int(div.sum())
+    greedy = pair.mode.get("mode") == "greedy"
     out: dict[str, Any] = {
         "sequences": n,
         "identical": counts["identical"],
@@ -69,8 +73,8 @@ def summarize(pair: PairDiff) -> dict[str, Any]:
         "share_divergent": _f(n_div / n) if n else None,
         **{k: counts[k] for k in CLASSES[1:]},
         "confident_share": _f(counts["confident"] / n) if n else None,
-        "vllm_rule_holds": int((s.vllm_rule & div).sum()),
-        "vllm_rule_fails": int((~s.vllm_rule & div).sum()),
+        "vllm_rule_holds": int((s.vllm_rule & div).sum()) if greedy else None,
+        "vllm_rule_fails": int((~s.vllm_rule & div).sum()) if greedy else None,
         "median_first_divergence": _f(np.median(s.d[div])) if n_div else None,
         "position_histogram": histogram(s.d[div], int(max(s.len_a.max(initial=0), s.len_b.max(initial=0)))),
         "dropped_prompts": len(pair.dropped),
@@ -103,6 +107,7 @@ def _breakdown(labels: np.ndarray, cls: np.ndarray, mask: np.ndarray | None) -> 
 def rows(pair: PairDiff) -> list[dict[str, Any]]:
     """One JSON-ready dict per matched sequence (flat, for pandas.json_normalize)."""
     s, a = pair.seq, pair.a
+    greedy = pair.mode.get("mode") == "greedy"
     ctx = iter(pair.context)
     out = []
     for i in range(len(s.d)):
@@ -123,7 +128,8 @@ def rows(pair: PairDiff) -> list[dict[str, Any]]:
                 "margin_a": _f(s.margin_a[i]),
                 "margin_b": _f(s.margin_b[i]),
                 "class": CLASSES[int(s.cls[i])],
-                "vllm_rule": bool(s.vllm_rule[i]) if div else None,
+                "vllm_rule": bool(s.vllm_rule[i]) if div and greedy else None,
+                "mean_abs_delta_prefix": _f(s.mean_abs_delta[i]) if s.mean_abs_delta is not None else None,
                 "channel": CHANNELS[int(s.channel[i])] if div else None,
                 "token_kind": ("special" if s.special[i] else "text") if div else None,
                 "context_before": c.get("before"),
@@ -220,26 +226,113 @@ def floor_table(cross: dict[str, Any], floor: dict[str, Any]) -> list[dict[str, 
     return out
 
 
-def verdict(doc: dict[str, Any], th: Thresholds) -> dict[str, Any]:
-    """{"exit_code": 0 or 1, "failed": [...], "within_floor": [...]} from the cross pair against the thresholds.
+def drift_test(cross: PairDiff, floor: PairDiff, alpha: float, min_effect: float | None = None) -> dict[str, Any]:
+    """Does the cross pair drift more than the floor pair? A paired one-sided sign test over sequences of their
+    common-prefix mean |delta| (nats), matched by (prompt, sample), with the effect size beside it.
 
-    With a floor, a threshold breach counts only when that metric also clears the floor (clears is not False).
+    clears: p < alpha and the mean excess exceeds half a rounding step of the logits (what the precision explains).
+    """
+
+    def keyed(pair: PairDiff) -> dict[tuple[str, int], float]:
+        s = pair.seq
+        vals = s.mean_abs_delta if s.mean_abs_delta is not None else np.full(len(s.d), np.nan)
+        return {(pair.a.prompt_ids[int(p)], int(m)): float(v) for p, m, v in zip(s.prompt, s.sample, vals, strict=True)}
+
+    c, f = keyed(cross), keyed(floor)
+    keys = [k for k in c if k in f and np.isfinite(c[k]) and np.isfinite(f[k])]
+    cv, fv = np.array([c[k] for k in keys]), np.array([f[k] for k in keys])
+    diff = cv - fv
+    n_up, n_down = int((diff > 0).sum()), int((diff < 0).sum())
+    p = sign_test_p(n_up, n_down)
+    boot = bootstrap_paired(fv, cv, seed=0) if len(keys) else {"diff": None, "lo": None, "hi": None}
+    if min_effect is None:
+        min_effect = cross.tau_info.get("grid", 0.0) / 2 if cross.tau_info.get("grid") else 0.0
+    effect = boot["diff"]
+    clears = bool(len(keys) and p < alpha and effect is not None and effect > min_effect)
+    return {
+        "test": "paired sign test over sequences, one-sided: cross mean |delta| > floor mean |delta|",
+        "sequences": len(keys),
+        "higher": n_up,
+        "lower": n_down,
+        "p": p,
+        "alpha": alpha,
+        "effect_nats": _f(effect),
+        "effect_ci95": [_f(boot["lo"]), _f(boot["hi"])],
+        "min_effect_nats": min_effect,
+        "cross_mean": _f(cv.mean()) if len(cv) else None,
+        "floor_mean": _f(fv.mean()) if len(fv) else None,
+        "clears": clears,
+    }
+
+
+def verdict(doc: dict[str, Any], th: Thresholds, drift: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{"exit_code": 0 or 1, "failed": [...], "within_floor": [...], "line": one sentence} (docs/metrics.md,
+    "Verdict").
+
+    Confident splits (margins at or above tau) fail beyond max_confident; with a floor whose own replicates split
+    confidently, only a confident share that clears the floor's (two-proportion test at alpha) fails. With a floor,
+    drift that clears it (drift_test) fails. User thresholds on the divergent share and the mean |delta| fail when
+    set. Spikes fail only beyond --max-spikes.
     """
     summ, teacher = doc["summary"], doc["teacher_forced"]
-    checks = [
-        ("share_divergent", summ.get("share_divergent"), th.max_divergent_share),
-        ("confident_share", summ.get("confident"), th.max_confident),
-        ("mean_abs_delta", teacher.get("mean_abs_delta"), th.max_mean_abs_delta),
-    ]
-    clears = {row["metric"]: row["clears"] for row in doc.get("floor_check") or []}
+    floor_summ = (doc.get("floor") or {}).get("summary")
     failed, within = [], []
-    for metric, value, limit in checks:
-        if limit is None or value is None or value <= limit:
-            continue
-        label = "confident" if metric == "confident_share" else metric
-        entry = {"metric": label, "value": value, "limit": limit}
-        (within if clears.get(metric) is False else failed).append(entry)
-    return {"exit_code": 1 if failed else 0, "failed": failed, "within_floor": within, "thresholds": asdict(th)}
+    n_conf = summ.get("confident") or 0
+    if th.max_confident is not None and n_conf > th.max_confident:
+        entry = {"metric": "confident", "value": n_conf, "limit": th.max_confident}
+        if floor_summ and (floor_summ.get("confident") or 0) > 0:
+            test = clears_rate(n_conf, summ["sequences"], floor_summ["confident"], floor_summ["sequences"], th.alpha)
+            entry["floor_test"] = test
+            (failed if test["clears"] else within).append(entry)
+        else:
+            failed.append(entry)
+    for metric, value, limit in (
+        ("share_divergent", summ.get("share_divergent"), th.max_divergent_share),
+        ("mean_abs_delta", teacher.get("mean_abs_delta"), th.max_mean_abs_delta),
+        ("spikes", len(doc.get("spikes") or []), th.max_spikes),
+    ):
+        if limit is not None and value is not None and value > limit:
+            failed.append({"metric": metric, "value": value, "limit": limit})
+    if drift is not None:
+        entry = {
+            "metric": "drift_vs_floor",
+            "value": drift["effect_nats"],
+            "limit": drift["min_effect_nats"],
+            "p": drift["p"],
+        }
+        (failed if drift["clears"] else within).append(entry)
+    code = 1 if failed else 0
+    return {
+        "exit_code": code,
+        "failed": failed,
+        "within_floor": within,
+        "thresholds": asdict(th),
+        "line": verdict_line(doc, failed, drift),
+    }
+
+
+def verdict_line(doc: dict[str, Any], failed: list[dict[str, Any]], drift: dict[str, Any] | None) -> str:
+    """The verdict in one sentence, with its reason."""
+    s = doc["summary"]
+    tau = doc.get("tau")
+    head = (
+        f"{s['identical']} of {s['sequences']} sequences identical; {s.get('confident', 0)} confident, "
+        f"{s.get('near_tie', 0)} near-tie, {s.get('sampled', 0)} sampled splits (tau {tau:.3g} nats)"
+    )
+    if drift is not None:
+        head += (
+            f"; drift {drift['cross_mean'] or 0:.3g} vs floor {drift['floor_mean'] or 0:.3g} nats "
+            f"(excess {drift['effect_nats'] or 0:.3g}, sign test p={drift['p']:.2g})"
+        )
+    if not failed:
+        return f"AGREE: {head}."
+    reasons = ", ".join(
+        f"{f['metric']} {f['value']:.3g} > {f['limit']:.3g}"
+        if isinstance(f["value"], float)
+        else f"{f['metric']} {f['value']} > {f['limit']}"
+        for f in failed
+    )
+    return f"DIVERGED ({reasons}): {head}."
 
 
 def pair_document(pair: PairDiff, task: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -248,6 +341,9 @@ def pair_document(pair: PairDiff, task: dict[str, Any] | None = None) -> dict[st
         "a": _run_ref(pair.a),
         "b": _run_ref(pair.b),
         "tau": pair.tau,
+        "tau_reason": pair.tau_info.get("why"),
+        "logit_grid": pair.tau_info.get("grids"),
+        "sampling": pair.mode,
         "prompts": {"compared": len(pair.common), "dropped": pair.dropped},
         "summary": summarize(pair),
         "teacher_forced": pair.teacher,
@@ -287,8 +383,12 @@ def diff_document(
         if floor is not None
         else None
     )
+    doc["spikes"] = cross.spikes
+    doc["drift_vs_floor"] = (
+        drift_test(cross, floor, thresholds.alpha, thresholds.min_effect) if floor is not None else None
+    )
     doc["sequences"] = rows(cross)
-    doc["verdict"] = verdict(doc, thresholds)
+    doc["verdict"] = verdict(doc, thresholds, doc["drift_vs_floor"])
     return doc
 
 

@@ -64,6 +64,9 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
             f"{max_new_tokens} tokens"
         )
         paths[name] = runner.execute(spec, out / name, suite=suite, force=True, telemetry_hz=10.0)
+    replicate = f"{name_a}-replicate"
+    console.print(f"[bold]run[/bold] {replicate}: {name_a} again, the noise floor for the verdict")
+    paths[replicate] = runner.execute(spec_a, out / replicate, suite=suite, force=True, telemetry_hz=10.0)
     from rig.run.store import RunReader
 
     scored = {}
@@ -73,11 +76,14 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
 
     a, b = load_run(paths[name_a]), load_run(paths[name_b])
     b_on_a, a_on_b = load_run(scored[f"{name_b}-on-{name_a}"]), load_run(scored[f"{name_a}-on-{name_b}"])
-    pair = diff_runs(a, b, scored=b_on_a)
+    floor = diff_runs(a, load_run(paths[replicate]), decode_context=False)
+    pair = diff_runs(a, b, scored=b_on_a, floor=floor)
     fwd, back = sequence_teacher(a, b_on_a), sequence_teacher(b, a_on_b)
 
     table = Table(
-        title=f"{name_a} against {name_b}: greedy, near-tie when both margins < {pair.tau} nats", title_justify="left"
+        title=f"{name_a} against {name_b}: greedy, near-tie when both margins < {pair.tau:g} nats "
+        f"({pair.tau_info.get('why')})",
+        title_justify="left",
     )
     table.add_column("prompt")
     table.add_column("category")
@@ -112,10 +118,23 @@ def run_demo(model: Path, out: Path, *, max_new_tokens: int = 48, stacks: list[s
         + f". Teacher-forced ({name_b} scoring {name_a}'s tokens): mean |Δlp| {_f(t.get('mean_abs_delta'))} nats, "
         f"max {_f(t.get('max_abs_delta'))}, top-1 agreement {_f(t.get('top1_agreement'))}."
     )
+    from rig.analysis.summary import diff_document
+
+    verdict = diff_document(pair, floor=floor)["verdict"]
+    color = "green" if verdict["exit_code"] == 0 else "red"
+    console.print(f"verdict against the replicate floor: [bold {color}]{verdict['line']}[/bold {color}]")
     report = out / "report.html"
-    build_report([paths[name_a], paths[name_b]], report, scored=[scored[f"{name_b}-on-{name_a}"]])
+    build_report(
+        [paths[name_a], paths[name_b]],
+        report,
+        scored=[scored[f"{name_b}-on-{name_a}"]],
+        floor=[paths[name_a], paths[replicate]],
+    )
     console.print(f"report: {report}   (open it in a browser)")
-    console.print(f"next: rig diff {paths[name_a]} {paths[name_b]} --scored {scored[f'{name_b}-on-{name_a}']}")
+    console.print(
+        f"next: rig diff {paths[name_a]} {paths[name_b]} --scored {scored[f'{name_b}-on-{name_a}']} "
+        f"--floor {paths[name_a]} {paths[replicate]}"
+    )
     return 0
 
 

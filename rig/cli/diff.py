@@ -28,7 +28,12 @@ def _fail(exc: UserError) -> None:
 @click.option("--scored", type=RunPath, help="A run that teacher-forced A's tokens under B's stack (kind 'score').")
 @click.option("--floor", nargs=2, type=RunPath, default=None, help="Two runs of one spec (A A2): the noise floor.")
 @click.option("--floor-scored", type=RunPath, help="A run that teacher-forced the floor's first run under its spec.")
-@click.option("--tau", type=float, default=0.1, show_default=True, help="Near-tie margin, nats.")
+@click.option(
+    "--tau",
+    type=float,
+    default=None,
+    help="Near-tie margin, nats. [default: two rounding steps of the runs' logits, or twice the floor's p99 |delta|]",
+)
 @click.option("--force", is_flag=True, help="Compare the identical prompts when prompt token hashes differ.")
 @click.option("--json", "json_path", type=RunPath, help="Write the whole result as JSON here.")
 @click.option("--max-divergent-share", type=float, default=None, help="Exit 1 above this share of divergent sequences.")
@@ -40,6 +45,18 @@ def _fail(exc: UserError) -> None:
     help="Exit 1 above this many confident disagreements (-1 disables).",
 )
 @click.option("--max-mean-abs-delta", type=float, default=None, help="Exit 1 above this teacher-forced mean |delta|.")
+@click.option(
+    "--max-spikes", type=int, default=None, help="Exit 1 above this many |delta| spikes. [default: report only]"
+)
+@click.option(
+    "--alpha", type=float, default=0.01, show_default=True, help="Level of the one-sided tests against the floor."
+)
+@click.option(
+    "--min-effect",
+    type=float,
+    default=None,
+    help="Drift over the floor (nats per token) that fails the verdict. [default: half a logit rounding step]",
+)
 @click.option("--rows", type=int, default=20, show_default=True, help="Divergent sequences to list.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the task-level bootstrap.")
 def diff_command(
@@ -54,6 +71,9 @@ def diff_command(
     max_divergent_share,
     max_confident,
     max_mean_abs_delta,
+    max_spikes,
+    alpha,
+    min_effect,
     rows,
     seed,
 ):
@@ -70,6 +90,9 @@ def diff_command(
         max_divergent_share=max_divergent_share,
         max_confident=None if max_confident is not None and max_confident < 0 else max_confident,
         max_mean_abs_delta=max_mean_abs_delta,
+        max_spikes=max_spikes,
+        alpha=alpha,
+        min_effect=min_effect,
     )
     try:
         with progress_bar(Console(stderr=True)) as progress:
@@ -103,7 +126,12 @@ def diff_command(
     help="Scored run(s) of the first run's tokens; each pairs with the run whose spec hash it carries.",
 )
 @click.option("--floor", nargs=2, type=RunPath, default=None, help="Two runs of one spec (A A2): the noise floor.")
-@click.option("--tau", type=float, default=0.1, show_default=True, help="Near-tie margin, nats.")
+@click.option(
+    "--tau",
+    type=float,
+    default=None,
+    help="Near-tie margin, nats. [default: two rounding steps of the runs' logits, or twice the floor's p99 |delta|]",
+)
 @click.option("--force", is_flag=True, help="Compare the identical prompts when prompt token hashes differ.")
 @click.option("--max-prompts", type=int, default=40, show_default=True, help="Token-level diff views per pair.")
 def report_command(runs, output, scored, floor, tau, force, max_prompts):

@@ -63,7 +63,7 @@ def build_report(
     *,
     scored: Sequence[str | Path] = (),
     floor: Sequence[str | Path] | None = None,
-    tau: float = 0.1,
+    tau: float | None = None,
     force: bool = False,
     max_prompts: int = 40,
     seed: int = 0,
@@ -72,8 +72,13 @@ def build_report(
     """Diffs every run against the first and writes the HTML report atomically; returns its path."""
     loaded = [_load(p, progress) for p in runs]
     by_pair = _scored_for(loaded, [_load(p, progress) for p in scored])
+    floor_pair = None
+    if floor:  # first: each pair's tau, spikes and verdict take the floor into account
+        fa, fb = (_reuse(loaded, f) or _load(f, progress) for f in floor)
+        floor_pair = diff_runs(fa, fb, tau=tau, force=force, decode_context=False)
     pairs = [
-        diff_runs(loaded[0], loaded[j], tau=tau, force=force, scored=by_pair.get(j)) for j in range(1, len(loaded))
+        diff_runs(loaded[0], loaded[j], tau=tau, force=force, scored=by_pair.get(j), floor=floor_pair)
+        for j in range(1, len(loaded))
     ]
     summaries = {(0, j + 1): summarize(p) for j, p in enumerate(pairs)}
     if len(loaded) > 2:
@@ -81,10 +86,6 @@ def build_report(
             for j in range(i + 1, len(loaded)):
                 p = diff_runs(loaded[i], loaded[j], tau=tau, force=force, decode_context=False, prefix_metrics="none")
                 summaries[(i, j)] = summarize(p)
-    floor_pair = None
-    if floor:
-        fa, fb = (_reuse(loaded, f) or _load(f, progress) for f in floor)
-        floor_pair = diff_runs(fa, fb, tau=tau, force=force, decode_context=False)
     page = render(loaded, pairs, summaries, floor_pair, max_prompts=max_prompts, seed=seed)
     return atomic_write_bytes(Path(output), page.encode("utf-8"), mode=0o644)
 
@@ -295,6 +296,42 @@ def _bands(phases: Any) -> list[tuple[float, float, str]]:
     ]
 
 
+def verdict_section(pairs: list[PairDiff], floor_pair: PairDiff | None) -> str:
+    """The verdict of each pair in one line (what `rig diff` decides, with its default thresholds), and its spikes."""
+    from rig.analysis.summary import diff_document
+
+    items = []
+    for p in pairs:
+        doc = diff_document(p, floor=floor_pair)
+        v = doc["verdict"]
+        cls = "ok" if v["exit_code"] == 0 else "bad"
+        spikes = doc["spikes"]
+        spike_rows = [
+            [
+                s["prompt_id"],
+                s["sample"],
+                s["pos"],
+                s["token"],
+                fmt(s["logprob_a"]),
+                fmt(s["logprob_b"]),
+                fmt(s["abs_delta"]),
+            ]
+            for s in spikes[:10]
+        ]
+        spike_html = (
+            f"<p>{len(spikes)} spike(s) on identical prefixes (largest first; localize with "
+            "the entry points for per-layer localization):</p>"
+            + _table(("prompt", "sample", "pos", "token", "logprob A", "logprob B", "|delta|"), spike_rows)
+            if spikes
+            else ""
+        )
+        items.append(
+            f'<p><b>{escape(p.a.name)} vs {escape(p.b.name)}</b>: <span class="{cls}">{escape(v["line"])}</span></p>'
+            f'<p class="meta">tau {fmt(doc["tau"])} nats: {escape(str(doc.get("tau_reason")))}</p>{spike_html}'
+        )
+    return f"<section><h2>Verdict</h2>{''.join(items)}</section>"
+
+
 def render(
     runs: list[RunData],
     pairs: list[PairDiff],
@@ -311,15 +348,16 @@ def render(
         f'<h1>rig report</h1><p class="meta">{len(runs)} runs &middot; baseline {escape(runs[0].name)} '
         f"&middot; generated {now} by rig {__version__}</p>",
         '<nav><input id="filter" type="search" placeholder="filter token views by prompt id"></nav>',
-        f"<section><h2>Runs and manifests</h2>{manifest_table(runs)}</section>",
     ]
     if pairs:
+        body.append(verdict_section(pairs, floor_pair))
         body.append(
             f"<section><h2>Summary</h2>{summary_table(pairs, summaries, floor_pair)}"
             '<p class="meta">Margins and deltas in nats. Near tie: both margins below tau at the first '
             "divergence. Teacher-forced numbers come from a scored run where given, else from the common "
             "prefix (docs/metrics.md).</p></section>"
         )
+    body.append(f"<section><h2>Runs and manifests</h2>{manifest_table(runs)}</section>")
     if len(runs) > 2:
         body.append(f"<section><h2>Pairwise matrix</h2>{matrix_tables(runs, summaries)}</section>")
     for j, p in enumerate(pairs):

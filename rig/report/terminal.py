@@ -197,22 +197,47 @@ def print_task(console: Console, task: dict[str, Any] | None, floor_task: dict[s
     console.print(t)
 
 
+def print_spikes(console: Console, spikes: list[dict[str, Any]], limit: int = 10) -> None:
+    """The largest isolated |delta| spikes on identical prefixes, each with the command that localizes it."""
+    if not spikes:
+        return
+    t = Table(title=f"spikes on identical prefixes ({len(spikes)}; largest first)", title_justify="left")
+    for col in ("prompt", "sample", "pos", "token", "logprob A", "logprob B", "|delta|", "sequence median"):
+        t.add_column(col)
+    for s in spikes[:limit]:
+        t.add_row(
+            s["prompt_id"],
+            str(s["sample"]),
+            str(s["pos"]),
+            str(s["token"]),
+            fmt(s["logprob_a"]),
+            fmt(s["logprob_b"]),
+            fmt(s["abs_delta"]),
+            fmt(s["sequence_median_abs_delta"]),
+        )
+    console.print(t)
+
+
+def print_verdict(console: Console, doc: dict[str, Any]) -> None:
+    """The one-line verdict (green AGREE, red DIVERGED), with the tau it used and why."""
+    v = doc["verdict"]
+    color = "green" if v["exit_code"] == 0 else "red"
+    console.print(f"[bold {color}]{v['line']}[/bold {color}]")
+    console.print(f"  tau {fmt(doc['tau'])} nats: {doc.get('tau_reason')}; sampling: {doc['sampling'].get('why')}")
+
+
 def print_diff(console: Console, doc: dict[str, Any], *, rows: int = 20) -> None:
-    """The whole terminal report of `rig diff`, ending with the verdict line."""
+    """The whole terminal report of `rig diff`: the verdict first, then the evidence, the verdict again last."""
     p = doc["prompts"]
     console.print(
         f"[bold]rig diff[/bold] {doc['a']['path']} vs {doc['b']['path']}: {p['compared']} prompts compared"
         + (f", {len(p['dropped'])} dropped (--force)" if p["dropped"] else "")
     )
-    print_manifest_diff(console, doc["manifest_diff"], doc["a"]["name"], doc["b"]["name"])
+    print_verdict(console, doc)
     print_summary(console, doc)
     print_breakdowns(console, doc["summary"])
     print_sequences(console, doc["sequences"], rows)
+    print_spikes(console, doc.get("spikes") or [])
     print_task(console, doc.get("task"), (doc.get("floor") or {}).get("task"))
-    v = doc["verdict"]
-    if v["exit_code"] == 0:
-        extra = f" ({len(v['within_floor'])} breach(es) within the noise floor)" if v["within_floor"] else ""
-        console.print(f"[green]within thresholds[/green]{extra}")
-    else:
-        bad = "; ".join(f"{f['metric']} {fmt(f['value'])} > {fmt(f['limit'])}" for f in v["failed"])
-        console.print(f"[red]divergent beyond thresholds:[/red] {bad}")
+    print_manifest_diff(console, doc["manifest_diff"], doc["a"]["name"], doc["b"]["name"])
+    print_verdict(console, doc)

@@ -190,6 +190,9 @@ def execute(
                 writer.create(manifest, prompts, force=force)
             done = writer.complete_parts()
             writer.manifest["stack"] = live.describe()
+            engine_torch = writer.manifest["stack"].get("torch")
+            if not stack_cls.in_process_torch and engine_torch:  # the engine's process ran torch: record its build
+                writer.manifest["environment"]["torch"] = {**engine_torch, "process": "engine (child process)"}
             writer.write_manifest()
             try:
                 t_gen = time.perf_counter()

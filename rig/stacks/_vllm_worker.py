@@ -185,6 +185,8 @@ def describe_engine(e: _Engine) -> dict[str, Any]:
     import transformers
     import vllm.envs as envs
 
+    from rig.telemetry.envinfo import torch_info
+
     vc = e.llm.llm_engine.vllm_config
     mc, cc, pc, sc = vc.model_config, vc.cache_config, vc.parallel_config, vc.scheduler_config
     asked = e.cfg.get("reasons", {})
@@ -311,6 +313,8 @@ def describe_engine(e: _Engine) -> dict[str, Any]:
         "load_s": round(e.load_s, 3),
         "num_gpu_blocks": cc.num_gpu_blocks,
         "block_size": cc.block_size,
+        # the torch build and backend flags of the process that runs the model (the rig's own process has no torch)
+        "torch": torch_info(True),
     }
     return {"resolved": resolved, "extra": extra}
 

@@ -176,7 +176,7 @@ def _gpu_nvml() -> dict:
         backend.shutdown()
 
 
-def _torch_info(import_torch: bool) -> dict:
+def torch_info(import_torch: bool) -> dict:
     """torch's build and numerics switches; CUDA device facts only if CUDA is already initialized."""
     if "torch" not in sys.modules:
         if not import_torch:
@@ -290,7 +290,7 @@ def capture(torch: bool = True, nvml: bool = True) -> dict:
         "captured_at": now_iso(),
         **_system(),
         "gpu": _gpu_nvml() if nvml else {"source": "nvml", "available": False, "reason": "nvml=False"},
-        "torch": _torch_info(torch),
+        "torch": torch_info(torch),
         "packages": packages,
         "installed": installed_packages(),
         "env": numerics_env(),
