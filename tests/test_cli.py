@@ -141,3 +141,14 @@ def test_bad_spec_and_missing_out(cli, tmp_path):
     assert res.exit_code == 2 and "--out" in _one_error_line(res)
     res = cli.invoke(main, ["show", str(tmp_path)])
     assert res.exit_code == 2 and "manifest.json" in _one_error_line(res)
+
+
+def test_interrupt_exits_130_never_a_verdict(cli, monkeypatch, tmp_path):
+    import rig.cli.show as show_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(show_module, "show_run", interrupted)
+    res = cli.invoke(main, ["show", str(tmp_path)])
+    assert res.exit_code == 130 and "rig: interrupted" in res.output

@@ -18,7 +18,7 @@ from rig.analysis.load import load_run
 from rig.analysis.summary import Thresholds, diff_document, dumps, summarize
 from rig.cli.diff import diff_command
 from rig.errors import UserError
-from rig.run.spec import RunSpec
+from rig.run.spec import RunSpec, SamplingSpec
 from rig.run.store import RunWriter
 from rig.run.suite import Prompt, token_hash
 from rig.stacks.base import SequenceResult
@@ -62,7 +62,8 @@ def write_run(
     **extra,
 ) -> Path:
     """A complete run directory through the real RunWriter (one part)."""
-    spec = spec or RunSpec(model="x", logprobs=k)
+    samples = 1 + max((r.sample for r in results), default=0)  # a complete run covers prompts x samples
+    spec = spec or RunSpec(model="x", logprobs=k, sampling=SamplingSpec(samples=samples))
     manifest = {
         "kind": kind,
         "spec": spec.to_dict(),
@@ -233,7 +234,8 @@ def test_sequence_teacher_means_per_sequence(tmp_path):
     # A: p0 sample 0 (4 tokens), p0 sample 1 (2), p1 (3), p2 (1); S scores A's tokens of p0 and p1 only, with
     # lp_S - lp_A = (0.1, -0.1, 0.2, 0.0), (0.3, 0.1), (-0.9, 0.0, 0.3): mean |delta| 0.1, 0.2 and 0.4 nats
     toks = {("p0", 0): [5, 6, 7, 8], ("p0", 1): [5, 9], ("p1", 0): [5, 6, 7], ("p2", 0): [4]}
-    deltas = {("p0", 0): [0.1, -0.1, 0.2, 0.0], ("p0", 1): [0.3, 0.1], ("p1", 0): [-0.9, 0.0, 0.3]}
+    toks |= {("p1", 1): [5], ("p2", 1): [4]}  # A covers prompts x 2 samples
+    deltas = {("p0", 0): [0.1, -0.1, 0.2, 0.0], ("p0", 1): [0.3, 0.1], ("p1", 0): [-0.9, 0.0, 0.3], ("p1", 1): [0.0]}
     lp_a = {key: -0.5 - 0.25 * np.arange(len(t), dtype=np.float32) for key, t in toks.items()}
     prompts = [prompt(p) for p in ("p0", "p1", "p2")]
     a_results = [seq(p, t, sample=smp, logprobs=lp_a[p, smp]) for (p, smp), t in toks.items()]
@@ -241,20 +243,20 @@ def test_sequence_teacher_means_per_sequence(tmp_path):
     src = {"path": str(a), "name": "a", "spec_hash": "x", "tokens_hash": "y"}
     s_results = [  # written in another order than A's: matched by (prompt, sample), not by row
         seq(p, toks[p, smp], sample=smp, logprobs=lp_a[p, smp] + np.asarray(deltas[p, smp], np.float32))
-        for p, smp in (("p1", 0), ("p0", 1), ("p0", 0))
+        for p, smp in (("p1", 0), ("p0", 1), ("p1", 1), ("p0", 0))
     ]
     s = write_run(tmp_path / "s", prompts[:2], s_results, kind="score", source_run=src)
     run_a, run_s = load_run(a), load_run(s)
     per_seq = sequence_teacher(run_a, run_s)
-    assert list(per_seq) == [("p0", 0), ("p0", 1), ("p1", 0)]  # A's order; p2 was not scored
-    assert [per_seq[k] for k in per_seq] == pytest.approx([0.1, 0.2, 0.4], abs=1e-6)
+    assert list(per_seq) == [("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)]  # A's order; p2 was not scored
+    assert [per_seq[k] for k in per_seq] == pytest.approx([0.1, 0.2, 0.4, 0.0], abs=1e-6)
     # the token-weighted mean of the per-sequence means is the scored run's mean |delta|
     t = diff_runs(run_a, run_a, scored=run_s, decode_context=False).teacher
-    assert t["mean_abs_delta"] == pytest.approx((4 * 0.1 + 2 * 0.2 + 3 * 0.4) / 9, abs=1e-6)
+    assert t["mean_abs_delta"] == pytest.approx((4 * 0.1 + 2 * 0.2 + 3 * 0.4 + 1 * 0.0) / 10, abs=1e-6)
     # the same refusals as teacher_from_scored: a run that is not a scored run, one that scored other tokens
     with pytest.raises(UserError, match="not a scored run"):
         sequence_teacher(run_a, run_a)
-    other = [seq("p0", [5, 6, 7, 3]), seq("p0", [5, 9], sample=1), seq("p1", [5, 6, 7])]
+    other = [seq("p0", [5, 6, 7, 3]), seq("p0", [5, 9], sample=1), seq("p1", [5, 6, 7]), seq("p1", [5], sample=1)]
     bad = write_run(tmp_path / "bad", prompts[:2], other, kind="score", source_run=src)
     with pytest.raises(UserError, match=r"did not score .*prompt 'p0', sample 0"):
         sequence_teacher(run_a, load_run(bad))
@@ -433,12 +435,14 @@ def test_channel_name_tokens_match_harmony():
 
 def test_samples_are_matched_by_prompt_and_sample(tmp_path):
     a = [seq("p0", [5, 6], sample=0), seq("p0", [5, 7], sample=1), seq("p1", [5, 6], sample=0)]
+    a.append(seq("p1", [5, 6], sample=1))
     b = [seq("p0", [5, 6], sample=0), seq("p1", [5, 9], sample=0), seq("p0", [5, 8], sample=1)]  # other order
+    b.append(seq("p1", [5, 6], sample=1))
     pair = pair_of(tmp_path, a, b)
-    assert pair.seq.sample.tolist() == [0, 1, 0] and pair.seq.d.tolist() == [-1, 1, 1]
+    assert pair.seq.sample.tolist() == [0, 1, 0, 1] and pair.seq.d.tolist() == [-1, 1, 1, -1]
     c = write_run(tmp_path / "c", [prompt("p0"), prompt("p1")], [seq("p0", [5, 6]), seq("p1", [5, 6])])
     partial = diff_runs(pair.a, load_run(c), decode_context=False)
-    assert partial.unmatched == {"a": 1, "b": 0} and len(partial.seq.d) == 2
+    assert partial.unmatched == {"a": 2, "b": 0} and len(partial.seq.d) == 2
 
 
 def test_cli_options_are_pinned():

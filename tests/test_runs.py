@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,9 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from rig.errors import UserError
-from rig.run.spec import RunSpec
+from rig.files import sha256_file
+from rig.run.spec import RunSpec, SamplingSpec
 from rig.run.store import RunError, RunReader, RunWriter
 from rig.run.suite import Prompt, token_hash
+from rig.run.verify import check_run
 from rig.stacks.base import SequenceResult
 
 
@@ -39,14 +42,14 @@ def _result(pid, sample, ids, k=3):
 
 
 def _manifest(k=3):
-    spec = RunSpec(model="m", logprobs=k)
+    spec = RunSpec(model="m", logprobs=k, batch_size=2, sampling=SamplingSpec(samples=2))
     return {
         "kind": "generate",
         "spec": spec.to_dict(),
         "spec_hash": spec.hash(),
         "suite": {"name": "t", "hash": "h"},
         "stack": {},
-        "parts_plan": {"0": 2, "1": 1},
+        "parts_plan": {"0": 2, "1": 2},
     }
 
 
@@ -54,7 +57,11 @@ def test_round_trip(tmp_path):
     prompts = [_prompt("p1", [1, 2]), _prompt("p2", [3])]
     w = RunWriter(tmp_path / "r")
     w.create(_manifest(), prompts)
-    w.write_part(1, [_result("p2", 0, [7, 8, 9])], [{"prompt_id": "p2", "sample": 0, "n_tokens": 3}])
+    w.write_part(
+        1,
+        [_result("p2", 0, [7, 8, 9]), _result("p2", 1, [3])],
+        [{"prompt_id": "p2", "sample": 0, "n_tokens": 3}, {"prompt_id": "p2", "sample": 1, "n_tokens": 1}],
+    )
     w.write_part(
         0,
         [_result("p1", 0, [4]), _result("p1", 1, [5, 6])],
@@ -64,22 +71,36 @@ def test_round_trip(tmp_path):
     r = RunReader(tmp_path / "r")
     assert r.manifest["status"] == "complete" and r.manifest["counts"] == {
         "prompts": 2,
-        "sequences": 3,
-        "tokens": 6,
+        "sequences": 4,
+        "tokens": 7,
         "parts": 2,
     }
     t = r.tokens()
-    assert t.column("prompt_id").to_pylist() == ["p1", "p1", "p1", "p2", "p2", "p2"]
-    assert t.column("sample").to_pylist() == [0, 1, 1, 0, 0, 0]
-    assert t.column("pos").to_pylist() == [0, 0, 1, 0, 1, 2]
-    assert t.column("token_id").to_pylist() == [4, 5, 6, 7, 8, 9]
+    assert t.column("prompt_id").to_pylist() == ["p1", "p1", "p1", "p2", "p2", "p2", "p2"]
+    assert t.column("sample").to_pylist() == [0, 1, 1, 0, 0, 0, 1]
+    assert t.column("pos").to_pylist() == [0, 0, 1, 0, 1, 2, 0]
+    assert t.column("token_id").to_pylist() == [4, 5, 6, 7, 8, 9, 3]
     assert t.column("topk_ids").type.list_size == 3
-    assert [c["prompt_id"] for c in r.completions] == ["p1", "p1", "p2"]
+    assert [c["prompt_id"] for c in r.completions] == ["p1", "p1", "p2", "p2"]
+    # the integrity record (docs/architecture.md): each part's file, rows and sequences; prompts and completions
+    integrity = r.manifest["integrity"]
+    for key, rows in (("00000", 3), ("00001", 4)):
+        part = tmp_path / "r" / "tokens" / f"part-{key}.parquet"
+        rec = integrity["parts"][key]
+        assert (rec["rows"], rec["sequences"], rec["bytes"]) == (rows, 2, part.stat().st_size)
+        assert rec["sha256"] == sha256_file(part)
+    assert integrity["prompts"]["sha256"] == sha256_file(tmp_path / "r" / "prompts.jsonl")
+    assert integrity["completions"] == {
+        "rows": 4,
+        "bytes": (tmp_path / "r" / "completions.jsonl").stat().st_size,
+        "sha256": sha256_file(tmp_path / "r" / "completions.jsonl"),
+    }
+    assert check_run(tmp_path / "r", decode=True).ok
     # pandas and polars read the parts directly
     import pandas as pd
 
     df = pd.read_parquet(tmp_path / "r" / "tokens")
-    assert len(df) == 6 and set(df.columns) >= {"prompt_id", "logprob", "topk_logprobs"}
+    assert len(df) == 7 and set(df.columns) >= {"prompt_id", "logprob", "topk_logprobs"}
     assert not list((tmp_path / "r").rglob("*.tmp"))
 
 
@@ -100,8 +121,11 @@ def test_reader_names_file_and_field(tmp_path):
     rec = json.loads(prompts.read_text())
     rec["token_ids"] = [1, 3]
     prompts.write_text(json.dumps(rec) + "\n")
-    with pytest.raises(RunError, match=r"prompts.jsonl:1: field 'sha256'"):
+    with pytest.raises(RunError, match=r"prompts.jsonl: differs from the manifest's record \(sha256\)"):
         RunReader(tmp_path / "r")
+    problems = [str(p) for p in check_run(tmp_path / "r").problems]
+    assert any(re.search(r"prompts.jsonl: line 1: field 'sha256' does not match", p) for p in problems), problems
+    assert any(re.search(r"tokens: none of the 2 planned parts is there", p) for p in problems), problems
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
     m["schema_version"] = 99
     (tmp_path / "r" / "manifest.json").write_text(json.dumps(m))

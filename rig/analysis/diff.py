@@ -68,9 +68,11 @@ def _match_sequences(a: RunData, b: RunData, common: list[str]) -> tuple[np.ndar
     b_to_a = np.array([a_index.get(p, -1) for p in b.prompt_ids], dtype=np.int64)
     b_to_a[~np.isin(b_to_a, np.flatnonzero(keep_a))] = -1
     width = int(max(a.seq_sample.max(initial=0), b.seq_sample.max(initial=0))) + 1
-    code_a = np.where(keep_a[a.seq_prompt], a.seq_prompt * width + a.seq_sample, -1)
+    # sequences outside the common prompts get distinct negative codes (A odd, B even), so that intersect1d's
+    # assume_unique holds however many sequences are left out
+    code_a = np.where(keep_a[a.seq_prompt], a.seq_prompt * width + a.seq_sample, -1 - 2 * np.arange(len(a.seq_prompt)))
     bp = b_to_a[b.seq_prompt] if len(b.seq_prompt) else np.zeros(0, np.int64)
-    code_b = np.where(bp >= 0, bp * width + b.seq_sample, -2)
+    code_b = np.where(bp >= 0, bp * width + b.seq_sample, -2 - 2 * np.arange(len(bp)))
     _, ia, ib = np.intersect1d(code_a, code_b, assume_unique=True, return_indices=True)
     return ia, ib
 
@@ -395,7 +397,7 @@ def _teacher(a: RunData, b: RunData, rows_a: Rows, rows_b: Rows, counts: np.ndar
     return metrics
 
 
-def _scoredsequence_rows(a: RunData, s: RunData, common: list[str] | None = None) -> tuple[np.ndarray, Rows, Rows]:
+def _scored_rows(a: RunData, s: RunData, common: list[str] | None = None) -> tuple[np.ndarray, Rows, Rows]:
     """(A's sequences that S scored, their rows in A, the same rows in S; None = all rows in order).
 
     Refuses (UserError) an S that is not a scored run, or whose tokens are not A's, naming the first differing sequence.
@@ -426,7 +428,7 @@ def teacher_from_scored(a: RunData, s: RunData, common: list[str] | None = None)
 
     Refuses (UserError) a scored run whose tokens are not A's tokens, naming the first differing sequence.
     """
-    ia, rows_a, rows_s = _scoredsequence_rows(a, s, common)
+    ia, rows_a, rows_s = _scored_rows(a, s, common)
     out = _teacher(a, s, rows_a, rows_s, a.lengths[ia], source="scored")
     out["run"] = str(s.path)
     out["sequences"] = int(len(ia))
@@ -437,7 +439,7 @@ def sequence_teacher(a: RunData, s: RunData) -> dict[tuple[str, int], float]:
     """Per (prompt id, sample) of A that S scored: the teacher-forced mean |lp_S(a_i) - lp_A(a_i)| over that
     sequence's tokens, in nats (NaN for a sequence of no tokens). S is a run of kind "score" of A's tokens; refuses
     (UserError) any other run exactly as teacher_from_scored does."""
-    ia, rows_a, rows_s = _scoredsequence_rows(a, s)
+    ia, rows_a, rows_s = _scored_rows(a, s)
     counts = a.lengths[ia]
     absdelta = np.abs(take(s.logprob, rows_s).astype(np.float64) - take(a.logprob, rows_a))
     means = np.full(len(ia), np.nan)

@@ -68,6 +68,8 @@ def load_run(path: str | Path, progress: Callable[[int, int], None] | None = Non
     from Arrow, into preallocated arrays; prompt_id is read dictionary-encoded and mapped to the prompt's index in
     prompts.jsonl. Rows already in (prompt, sample, pos) order, as the writer leaves them, are not sorted again.
     """
+    # The read-time integrity check (rig.run.verify: parts present, footers, schema, rows, coverage, sha256) runs here,
+    # before anything is decoded: a damaged run raises RunError naming the file, never yields a verdict.
     reader = RunReader(path)
     k = reader.k
     prompt_ids = list(reader.prompts)
@@ -85,7 +87,12 @@ def load_run(path: str | Path, progress: Callable[[int, int], None] | None = Non
     c = {name: np.empty((n, k) if name.startswith("topk") else n, dtype) for name, dtype in _COLUMNS}
     at = 0
     for i, (part, pf) in enumerate(zip(parts, files, strict=True)):
-        t = pf.read(use_threads=False)
+        try:
+            t = pf.read(use_threads=False)
+        except (OSError, pa.ArrowException) as exc:  # a damaged data page in a run written before checksums
+            raise RunError(
+                f"{part}: unreadable ({str(exc).splitlines()[0]}); `rig verify` lists every problem"
+            ) from None
         m = t.num_rows
         _prompt_index(t.column("prompt_id"), pindex, c["prompt_id"][at : at + m], part)
         for name, _ in _COLUMNS[1:]:

@@ -4,11 +4,12 @@
     diff.py     rig diff, rig report                      (rig.analysis decides, rig.report renders)
     show.py     rig show, rig suite show
     env.py      rig env
+    verify.py   rig verify                                (rig.run.verify checks every file of a run)
     demo.py     rig demo
 
 Errors a user can cause (a malformed suite, an unknown model, runs that cannot be compared, a dead endpoint) end in
 one line on stderr and exit code 2. Exit codes 0 and 1 are verdicts (`rig diff`: agree, diverged); a bug prints its
-traceback and exits 3, so that no crash reads as a verdict.
+traceback and exits 3, and Ctrl-C exits 130, so that no crash or interruption reads as a verdict.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rig.errors import UserError
 
 EXIT_USER_ERROR = 2  # bad input: one line on stderr
 EXIT_BUG = 3  # an unexpected exception: traceback on stderr; never 0, 1 or 2
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it: never read as a verdict
 
 
 class RigGroup(click.Group):
@@ -33,7 +35,10 @@ class RigGroup(click.Group):
         except UserError as exc:
             click.echo(f"rig: error: {exc}", err=True)
             ctx.exit(EXIT_USER_ERROR)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit, KeyboardInterrupt):
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            click.echo("rig: interrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception:  # noqa: BLE001 - a bug: show it, and exit with a code no verdict uses
             import traceback
@@ -64,9 +69,9 @@ def main() -> None:
 
 def _register() -> None:
     """Adds every command group's commands (each module imports only click and light modules at import time)."""
-    from rig.cli import demo, diff, env, run, show
+    from rig.cli import demo, diff, env, run, show, verify
 
-    for module in (run, show, diff, env, demo):
+    for module in (run, show, diff, env, demo, verify):
         for command in module.COMMANDS:
             main.add_command(command)
 

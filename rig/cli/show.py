@@ -1,4 +1,9 @@
-"""Terminal summaries of a run directory (`rig show`) and of a rendered suite (`rig suite show`)."""
+"""Terminal summaries of a run directory (`rig show`) and of a rendered suite (`rig suite show`).
+
+`rig show` runs the read-time integrity check (rig.run.verify) and, for a damaged run, still prints what the manifest
+says, marks the status DAMAGED, lists every problem, and exits 2 with one line on stderr: a run that looks complete
+must not pass for a sound one.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from rig.harmony import decode
-from rig.run.store import RunReader
+from rig.run.store import MANIFEST, RunError, RunReader
 from rig.run.suite import Suite
+from rig.run.verify import Report, check_run
 
 
 def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
@@ -28,14 +34,33 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def show_run(path: str, *, with_prompts: bool = True, console: Console | None = None) -> None:
+def show_run(path: str, *, with_prompts: bool = True, console: Console | None = None) -> Report:
+    """Prints the summary of a run directory and, when it is damaged, what is damaged; returns the integrity report.
+
+    Raises RunError only when the manifest itself cannot be read (nothing to show then)."""
     console = console or Console()
-    run = RunReader(path)
+    run = RunReader(path, check_parts=False)
+    report = check_run(run)
+    try:
+        _show_manifest(run, report, with_prompts, console)
+    except (KeyError, TypeError, AttributeError) as exc:
+        if report.ok:
+            raise RunError(f"{run.path / MANIFEST}: field {exc} is missing or malformed") from None
+    if not report.ok:
+        console.print(f"[bold red]DAMAGED[/bold red]: {len(report.problems)} problem(s)")
+        for problem in report.problems:  # one line each, unwrapped, so that they can be grepped and pasted
+            console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
+        console.print(report.hint(), markup=False, highlight=False, soft_wrap=True)
+    return report
+
+
+def _show_manifest(run: RunReader, report: Report, with_prompts: bool, console: Console) -> None:
     m = run.manifest
     spec = m["spec"]
     s = spec["sampling"]
+    damaged = "" if report.ok else " - DAMAGED, see below"
     rows = [
-        ("status", m["status"] + (f" ({m['error']})" if m.get("error") else "")),
+        ("status", m["status"] + (f" ({m['error']})" if m.get("error") else "") + damaged),
         ("kind", m["kind"] + (f" of {m['source_run']['name']}" if m.get("source_run") else "")),
         ("stack / model", f"{spec['stack']} / {spec['model']}"),
         ("spec hash", m["spec_hash"]),
@@ -129,8 +154,13 @@ def show_suite(suite: Suite, *, with_tokens: bool = False, console: Console | No
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--prompts/--no-prompts", default=True, show_default=True, help="List each sequence.")
 def show(run_dir, prompts):
-    """Summarize a run directory: status, spec, what the stack resolved, counts, timings, telemetry."""
-    show_run(run_dir, with_prompts=prompts)
+    """Summarize a run directory: status, spec, what the stack resolved, counts, timings, telemetry.
+
+    A damaged run (rig.run.verify) is shown with its problems listed, and exits 2.
+    """
+    report = show_run(run_dir, with_prompts=prompts)
+    if not report.ok:
+        raise report.error()
 
 
 @click.group()

@@ -160,6 +160,8 @@ def execute(
     kind = "score" if source is not None else "generate"
     if resume:
         manifest = writer.reopen()
+        if writer.repairing:  # a complete run's damaged parts: its recorded telemetry stays (finish() keeps it)
+            telemetry_hz = 0
         prompts = [Prompt.from_json(r) for r in RunReader(out, check_parts=False).prompts.values()]
         spec = RunSpec.from_dict(manifest["spec"], source=f"{out}/manifest.json")
         kind = manifest["kind"]

@@ -2,14 +2,20 @@
 
 A run directory is the unit users copy between an RTX box and an H100 box, so it must be self-describing and never
 half-written: every file is written to a temporary name and renamed into place, the token parts are immutable once
-renamed, and a killed run resumes from its last complete part. The reader refuses a directory whose schema or hashes
-do not check out, with a message that names the file and the field. Layout: docs/architecture.md.
+renamed, and a killed run resumes from its last complete part. When it commits a part, the writer records the part's
+size, row count, sha256 and sequence keys in the manifest (`integrity`), so that damage done later (a truncated copy,
+flipped bytes, a lost or stray file) is found before any verdict is computed from it. The reader refuses a directory
+whose schema, hashes or integrity record do not check out (rig.run.verify), with a message that names the file and
+the field; a resume regenerates exactly the damaged parts. Layout: docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import os
+import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +26,7 @@ import pyarrow.parquet as pq
 
 from rig import SCHEMA_VERSION, __version__
 from rig.errors import UserError
-from rig.files import atomic_replace, atomic_write_json, now_iso, read_jsonl, write_jsonl
+from rig.files import atomic_replace, atomic_write_json, now_iso, read_jsonl, sha256_file, write_jsonl
 from rig.run.suite import Prompt, token_hash
 
 MANIFEST = "manifest.json"
@@ -72,6 +78,37 @@ def atomic_write_table(path: Path, table: pa.Table) -> None:
     )
 
 
+# ---- integrity records (manifest["integrity"]; checked by rig.run.verify) ------------------------------------------
+
+
+def file_record(path: Path, rows: int) -> dict[str, Any]:
+    """{"rows", "bytes", "sha256"} of a file just written (read back once: cheap next to writing it)."""
+    return {"rows": int(rows), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def keys_sha256(keys: Sequence[tuple[str, int]]) -> str:
+    """sha256 of a part's sequence keys: the sorted (prompt_id, sample) pairs as one JSON array."""
+    canonical = sorted([str(p), int(s)] for p, s in keys)
+    return hashlib.sha256(json.dumps(canonical, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def part_record(path: Path, rows: int, keys: Sequence[tuple[str, int]], lines: Sequence[bytes]) -> dict[str, Any]:
+    """The record of one committed token part: its file (rows, bytes, sha256), how many sequences it holds and the
+    hash of their keys, and the sha256 of its lines in completions.jsonl (sorted, each with its newline: finish()
+    reorders the file)."""
+    return {
+        **file_record(path, rows),
+        "sequences": len(keys),
+        "keys_sha256": keys_sha256(keys),
+        "completions_sha256": hashlib.sha256(b"".join(sorted(lines))).hexdigest(),
+    }
+
+
+def completion_line(row: dict[str, Any]) -> bytes:
+    """One completions.jsonl line, exactly as the writer writes it (json.loads then this gives the same bytes back)."""
+    return (json.dumps(row, ensure_ascii=False) + "\n").encode()
+
+
 # ---- results to Arrow ----------------------------------------------------------------------------------------------
 
 
@@ -114,12 +151,15 @@ class RunWriter:
     """Creates (or reopens for resume) a run directory and writes its parts atomically.
 
     `create()` refuses an existing complete run unless force=True, and refuses any other existing run directory unless
-    it is being resumed, so recorded work is never overwritten by accident.
+    it is being resumed, so recorded work is never overwritten by accident. Each committed part gets its integrity
+    record in the manifest (`part_record`); `reopen()` keeps exactly the parts that check out against theirs.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest: dict[str, Any] = {}
+        self.repairing = False  # reopen() of a complete but damaged run: finish() keeps what the original recorded
+        self._original: dict[str, Any] = {}
 
     # -- lifecycle
     def create(self, manifest: dict[str, Any], prompts: Sequence[Prompt], *, force: bool = False) -> None:
@@ -141,26 +181,78 @@ class RunWriter:
             **manifest,
         }
         write_jsonl(self.path / PROMPTS, (p.to_json() for p in prompts))
+        self.manifest["integrity"] = {"prompts": file_record(self.path / PROMPTS, len(prompts)), "parts": {}}
         (self.path / COMPLETIONS).write_bytes(b"")
         self.write_manifest()
 
     def reopen(self) -> dict[str, Any]:
-        """Open an existing unfinished run for resume: drop incomplete parts, return the manifest."""
+        """Open an existing run for resume or repair; return the manifest.
+
+        An unfinished run keeps the parts that were committed (or, written before their record, are whole: footer,
+        rows and completions agree) and drops the rest. A complete run is verified first (rig.run.verify, checksums
+        included): a sound one is refused ("nothing to resume"); a damaged one drops exactly the parts proven damaged,
+        with their completions, and is regenerated like an unfinished run. Damage that regenerating cannot mend (an
+        edited prompts.jsonl, a file in tokens/ that is not one of the run's parts) is refused before anything changes.
+        """
+        from rig.run.verify import check_run
+
         reader = RunReader(self.path, check_parts=False)
         self.manifest = reader.manifest
-        if self.manifest["status"] == "complete":
+        report = check_run(reader, checksums=True)
+        if self.manifest["status"] == "complete" and report.ok:
             raise UserError(f"{self.path}: the run is already complete; nothing to resume")
-        done = set(self._complete_parts())
-        rows = [r for r in read_jsonl(self.path / COMPLETIONS, tolerate_torn_tail=True) if r.get("part") in done]
-        write_jsonl(self.path / COMPLETIONS, rows)
-        for part in (self.path / TOKENS_DIR).glob("part-*.parquet") if (self.path / TOKENS_DIR).exists() else []:
-            if _part_index(part) not in done:
+        fatal = [p for p in report.problems if not p.repairable]
+        if fatal:
+            more = f" (and {len(fatal) - 1} more: `rig verify {self.path}` lists them)" if len(fatal) > 1 else ""
+            raise RunError(f"{fatal[0]}; a resume cannot repair this{more}")
+        keep = set(report.sound)
+        plan = self.manifest.get("parts_plan") or {}
+        # 1. the part files that are not kept (damaged, or never committed), and leftover temporary files
+        tokens = self.path / TOKENS_DIR
+        for part in sorted(tokens.glob("part-*.parquet")) if tokens.is_dir() else []:
+            if _part_index(part) not in keep:
                 part.unlink()
         for tmp in self.path.rglob(".*.tmp"):
             tmp.unlink()
+        # 2. completions of the kept parts only, in file order (the same bytes as written)
+        rows = [r for r in report.completions if r["part"] in keep]
+        write_jsonl(self.path / COMPLETIONS, rows)
+        # 3. the manifest: a record for every kept part (parts written before records existed get theirs now)
+        integrity = self.manifest.setdefault("integrity", {})
+        if "prompts" not in integrity:
+            integrity["prompts"] = file_record(self.path / PROMPTS, len(reader.prompts))
+        old = integrity.get("parts") or {}
+        records = {}
+        for index in sorted(keep):
+            key = f"{index:05d}"
+            if key in old:
+                records[key] = old[key]
+            else:
+                mine = [r for r in rows if r["part"] == index]
+                records[key] = part_record(
+                    tokens / f"part-{key}.parquet",
+                    sum(int(r["n_tokens"]) for r in mine),
+                    [(r["prompt_id"], r["sample"]) for r in mine],
+                    [completion_line(r) for r in mine],
+                )
+        integrity["parts"] = records
+        integrity.pop("completions", None)  # recorded again when the run completes
+        status_before = self.manifest["status"]
         self.manifest["status"] = "running"
+        self.manifest["finished_at"] = None
         self.manifest.pop("error", None)
+        self.manifest["counts"]["prompts"] = len(reader.prompts)
         self._recount(rows)
+        if report.problems:  # provenance: which parts a later session regenerated, where, and why
+            dropped = sorted({int(i) for i in plan} - keep) if plan else []
+            entry = {"at": now_iso(), "host": platform.node(), "rig_version": __version__, "status": status_before}
+            entry.update(parts=dropped, problems=[str(p) for p in report.problems[:20]])
+            self.manifest.setdefault("repairs", []).append(entry)
+        unfinished = [r for r in self.manifest.get("repairs") or [] if "completed_at" not in r]
+        if any(r.get("status") == "complete" for r in unfinished):  # repairing a complete run (or finishing that)
+            self.repairing = True
+            recorded = ("stack", "environment", "telemetry", "timings")
+            self._original = copy.deepcopy({k: self.manifest[k] for k in recorded if k in self.manifest})
         self.write_manifest()
         return self.manifest
 
@@ -174,31 +266,25 @@ class RunWriter:
                 child.unlink()
 
     # -- parts
-    def _complete_parts(self) -> list[int]:
-        """Parts whose Parquet file exists and whose completions were all appended."""
-        tokens = self.path / TOKENS_DIR
-        on_disk = {_part_index(p) for p in tokens.glob("part-*.parquet")} if tokens.exists() else set()
-        rows = (
-            read_jsonl(self.path / COMPLETIONS, tolerate_torn_tail=True) if (self.path / COMPLETIONS).exists() else []
-        )
-        expected = self.manifest.get("parts_plan", {})
-        have: dict[int, int] = {}
-        for r in rows:
-            have[r.get("part")] = have.get(r.get("part"), 0) + 1
-        return sorted(p for p in on_disk if have.get(p, 0) == expected.get(str(p), -1))
-
     def complete_parts(self) -> set[int]:
-        return set(self._complete_parts())
+        """The parts committed so far: those with an integrity record (after create() or reopen())."""
+        return {int(i) for i in (self.manifest.get("integrity") or {}).get("parts", {})}
 
     def write_part(self, index: int, results: Sequence[Any], completions: Sequence[dict[str, Any]]) -> None:
-        """Write one batch: the Parquet part (atomic rename), then its completions (appended and synced)."""
+        """Write one batch: the Parquet part (atomic rename), then its completions (appended and synced), then the
+        manifest with the part's integrity record (atomic): a part counts as committed once its record is there."""
         k = int(self.manifest["spec"]["logprobs"])
-        atomic_write_table(self.path / TOKENS_DIR / f"part-{index:05d}.parquet", results_to_table(results, k))
+        path = self.path / TOKENS_DIR / f"part-{index:05d}.parquet"
+        table = results_to_table(results, k)
+        atomic_write_table(path, table)
+        lines = [completion_line({**c, "part": index}) for c in completions]
         with open(self.path / COMPLETIONS, "ab") as f:
-            for c in completions:
-                f.write((json.dumps({**c, "part": index}, ensure_ascii=False) + "\n").encode())
+            f.write(b"".join(lines))
             f.flush()
             os.fsync(f.fileno())
+        keys = [(c["prompt_id"], c["sample"]) for c in completions]
+        integrity = self.manifest.setdefault("integrity", {})
+        integrity.setdefault("parts", {})[f"{index:05d}"] = part_record(path, table.num_rows, keys, lines)
         counts = self.manifest["counts"]
         counts["sequences"] += len(results)
         counts["tokens"] += int(sum(len(r.token_ids) for r in results))
@@ -215,6 +301,18 @@ class RunWriter:
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
     def finish(self, status: str = "complete", **extra: Any) -> None:
+        repairs = self.manifest.get("repairs") or []
+        if self.repairing:
+            # A repair regenerated a few parts of a recorded run: the run's own stack description, environment,
+            # telemetry and timings stay; the repair's timings (and its stack, when it differs) go to its entry.
+            entry = repairs[-1]
+            entry["timings"] = extra.pop("timings", None)
+            if self.manifest.get("stack") != self._original.get("stack"):
+                entry["stack"] = self.manifest.get("stack")
+            self.manifest.update(copy.deepcopy(self._original))
+        if status == "complete":
+            for entry in repairs:
+                entry.setdefault("completed_at", now_iso())
         self.manifest.update(extra)
         self.manifest["status"] = status
         self.manifest["finished_at"] = now_iso()
@@ -224,6 +322,8 @@ class RunWriter:
             rows = read_jsonl(self.path / COMPLETIONS)
             rows.sort(key=lambda r: (r["part"], order.get(r["prompt_id"], 0), r["sample"]))
             write_jsonl(self.path / COMPLETIONS, rows)
+            integrity = self.manifest.setdefault("integrity", {})
+            integrity["completions"] = file_record(self.path / COMPLETIONS, len(rows))
         self.write_manifest()
 
 
@@ -231,10 +331,15 @@ def _part_index(path: Path) -> int:
     return int(path.stem.split("-")[1])
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _peek_status(path: Path) -> str | None:
     try:
         return json.loads((path / MANIFEST).read_text()).get("status")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # ValueError: not JSON, not UTF-8
         return None
 
 
@@ -242,7 +347,12 @@ def _peek_status(path: Path) -> str | None:
 
 
 class RunReader:
-    """A schema-checked view of a run directory. Token parts are read lazily, once."""
+    """A checked view of a run directory. Token parts are read lazily, once.
+
+    RunReader(path) runs the read-time integrity check (rig.run.verify.check_run: files present, footers, schema, row
+    counts, sequence coverage, sha256 of every file) and raises RunError naming the first problem, so that no reader
+    computes anything from a damaged run. check_parts=False reads the manifest only (the writer's resume, `rig show`).
+    """
 
     def __init__(self, path: str | Path, *, check_parts: bool = True):
         self.path = Path(path)
@@ -250,11 +360,17 @@ class RunReader:
             raise RunError(f"{self.path}: not a run directory")
         mpath = self.path / MANIFEST
         try:
-            self.manifest: dict[str, Any] = json.loads(mpath.read_text())
+            self.manifest: dict[str, Any] = json.loads(mpath.read_bytes())
         except FileNotFoundError:
             raise RunError(f"{mpath}: missing (not a run directory?)") from None
+        except OSError as exc:
+            raise RunError(f"{mpath}: cannot be read ({exc.strerror or exc})") from None
         except json.JSONDecodeError as exc:
             raise RunError(f"{mpath}: not valid JSON ({exc.msg})") from None
+        except UnicodeDecodeError:
+            raise RunError(f"{mpath}: not valid JSON (not UTF-8 text)") from None
+        if not isinstance(self.manifest, dict):
+            raise RunError(f"{mpath}: not a JSON object")
         for key in REQUIRED_MANIFEST:
             if key not in self.manifest:
                 raise RunError(f"{mpath}: field {key!r} is missing")
@@ -267,7 +383,18 @@ class RunReader:
         self._tokens: pa.Table | None = None
         self._completions: list[dict[str, Any]] | None = None
         if check_parts:
-            self.prompts  # noqa: B018 - validates hashes eagerly
+            self.check()
+
+    def check(self, *, checksums: bool = True, decode: bool = False) -> Any:
+        """The integrity check (rig.run.verify.check_run); raises RunError naming the first problem, else returns the
+        report. checksums: sha256 of every part and file against the manifest's record (docs/performance.md gives
+        the cost); decode: also decode every part and check its rows (what `rig verify` does)."""
+        from rig.run.verify import check_run
+
+        report = check_run(self, checksums=checksums, decode=decode)
+        if not report.ok:
+            raise report.error()
+        return report
 
     @property
     def name(self) -> str:
@@ -313,7 +440,10 @@ class RunReader:
             expected = token_schema(self.k)
             tables = []
             for part in self.part_paths():
-                t = pq.read_table(part)
+                try:
+                    t = pq.read_table(part)
+                except (pa.ArrowException, OSError) as exc:
+                    raise RunError(f"{part}: not a readable Parquet file ({_first_line(exc)})") from None
                 if not t.schema.equals(expected, check_metadata=False):
                     raise RunError(f"{part}: schema differs from the tokens/ schema for K={self.k}")
                 tables.append(t)
