@@ -52,7 +52,15 @@ from rig.telemetry.nvml import (
     nvml_error,
     record_trace,
 )
-from rig.telemetry.results import GPU_COLUMNS, SCHEMA, columns_from_raw, load_telemetry, summarize, write_tables
+from rig.telemetry.results import (
+    GPU_COLUMNS,
+    SCHEMA,
+    Recording,
+    columns_from_raw,
+    load_telemetry,
+    summarize,
+    write_tables,
+)
 
 __all__ = [
     "CLOCK_EVENT_REASONS",
@@ -427,6 +435,23 @@ class TelemetryRecorder:
             attrs = self._marks[-1][2]
             attrs["tokens"] = (attrs["tokens"] or 0) + int(tokens)
 
+    def recording(self) -> Recording:
+        """What this recorder measured, as values (after stop())."""
+        return Recording(
+            started_at=self.started_at,
+            rate_hz=self.rate_hz,
+            t_end_s=self._t_end_s,
+            marks=self._marks,
+            host_cols=self._host_cols,
+            gpu_cols=self._gpu_cols,
+            devices=self._devices,
+            gpu_status=self._gpu_status,
+            host_unsupported=dict(self._host.unsupported),
+            thread_cpu_s=self._thread_cpu_s,
+            ticks_skipped=self._ticks_skipped,
+            thread_error=self._thread_error,
+        )
+
     @property
     def running(self) -> bool:
         """Started and not yet stopped."""
@@ -450,7 +475,7 @@ class TelemetryRecorder:
             if self._backend is not None and self._gpu_status.get("status") in ("ok", "no_devices"):
                 self._backend.shutdown()
         self._t_end_s = now - self._t0
-        self._summary = summarize(self, tokens)
+        self._summary = summarize(self.recording(), tokens)
         return self._summary
 
     @property
@@ -468,4 +493,4 @@ class TelemetryRecorder:
         """Writes host.parquet, gpu.parquet (when a GPU was sampled) and phases.parquet atomically; returns paths."""
         if self._summary is None:
             raise RuntimeError("write() before stop()")
-        return write_tables(self, directory)
+        return write_tables(self.recording(), self._summary, directory)

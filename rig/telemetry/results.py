@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,30 @@ def energy_j_by_device(series: list[tuple], t0_s: float, t1_s: float) -> list[fl
     return out
 
 
-def summarize(rec: Any, tokens: int | None) -> dict:
-    """The summary of a stopped TelemetryRecorder `rec` (JSON-serializable). `tokens`: all tokens generated."""
+@dataclass
+class Recording:
+    """What a stopped recorder measured, as values: summarize() and write_tables() read only these.
+
+    Times are seconds since the recording started; host and GPU columns are lists of readings (units in the column
+    names); devices carry their NVML info, the fields they support, error counts and energy-counter resets.
+    """
+
+    started_at: str  # ISO 8601 UTC
+    rate_hz: float
+    t_end_s: float
+    marks: list[tuple[float, str, dict]]  # (t_s, phase name, attributes)
+    host_cols: dict[str, list]
+    gpu_cols: dict[str, list]
+    devices: list[Any]  # each with .info, .fields, .unsupported, .errors, .lost, .energy_resets
+    gpu_status: dict[str, Any]
+    host_unsupported: dict[str, str]
+    thread_cpu_s: float
+    ticks_skipped: int
+    thread_error: str | None
+
+
+def summarize(rec: Recording, tokens: int | None) -> dict:
+    """The summary of a recording (JSON-serializable). `tokens`: all tokens generated."""
     import numpy as np
 
     def stat(values, fn):
@@ -136,11 +159,11 @@ def summarize(rec: Any, tokens: int | None) -> dict:
         v = [x for x in values if x is not None]
         return round(sum(v), 3) if v else None
 
-    phases, series = split_phases(rec._marks, rec._t_end_s), device_series(rec._gpu_cols, rec._devices)
-    host_t = np.asarray(rec._host_cols["t_s"])
+    phases, series = split_phases(rec.marks, rec.t_end_s), device_series(rec.gpu_cols, rec.devices)
+    host_t = np.asarray(rec.host_cols["t_s"])
     for ph in phases:
         per_dev = energy_j_by_device(series, ph["start_s"], ph["end_s"])
-        ph["energy_j"] = total(per_dev) if rec._devices else None
+        ph["energy_j"] = total(per_dev) if rec.devices else None
         ph["energy_j_by_gpu"] = [None if e is None else round(e, 3) for e in per_dev]
         ph["mean_power_w"] = (
             round(ph["energy_j"] / ph["duration_s"], 3) if ph["energy_j"] is not None and ph["duration_s"] > 0 else None
@@ -149,10 +172,10 @@ def summarize(rec: Any, tokens: int | None) -> dict:
             round(ph["energy_j"] / ph["tokens"], 6) if ph["energy_j"] is not None and ph["tokens"] else None
         )
         sel = np.flatnonzero((host_t >= ph["start_s"]) & (host_t <= ph["end_s"]))
-        ph["proc_cpu_pct_mean"] = stat([rec._host_cols["proc_cpu_pct"][i] for i in sel], np.mean)
-    hc, gc = rec._host_cols, rec._gpu_cols
+        ph["proc_cpu_pct_mean"] = stat([rec.host_cols["proc_cpu_pct"][i] for i in sel], np.mean)
+    hc, gc = rec.host_cols, rec.gpu_cols
     devices = []
-    for dev, e_j in zip(rec._devices, energy_j_by_device(series, 0.0, rec._t_end_s), strict=True):
+    for dev, e_j in zip(rec.devices, energy_j_by_device(series, 0.0, rec.t_end_s), strict=True):
         sel = [i for i, g in enumerate(gc["gpu_index"]) if g == dev.info["index"]]
 
         def col(name, sel=sel):
@@ -191,8 +214,8 @@ def summarize(rec: Any, tokens: int | None) -> dict:
     phase_tokens = [ph["tokens"] for ph in phases if ph["tokens"]]
     all_tokens = tokens if tokens is not None else (sum(phase_tokens) if phase_tokens else None)
     gen_e = total([ph["energy_j"] for ph in phases if ph["tokens"]])
-    duration_s = rec._t_end_s
-    share_pct = round(100 * rec._thread_cpu_s / duration_s, 3) if duration_s else None
+    duration_s = rec.t_end_s
+    share_pct = round(100 * rec.thread_cpu_s / duration_s, 3) if duration_s else None
     return {
         "schema": SCHEMA,
         "started_at": rec.started_at,
@@ -200,14 +223,14 @@ def summarize(rec: Any, tokens: int | None) -> dict:
         "duration_s": round(duration_s, 3),
         "sampler": {
             "samples": len(hc["t_s"]),
-            "ticks_skipped": rec._ticks_skipped,
-            "error": rec._thread_error,
-            "thread_cpu_s": round(rec._thread_cpu_s, 4),
+            "ticks_skipped": rec.ticks_skipped,
+            "error": rec.thread_error,
+            "thread_cpu_s": round(rec.thread_cpu_s, 4),
             "share_of_one_core_pct": share_pct,
         },
         "host": {
             "samples": len(hc["t_s"]),
-            "unsupported": dict(rec._host.unsupported),
+            "unsupported": dict(rec.host_unsupported),
             "proc_cpu_pct_mean": stat(hc["proc_cpu_pct"], np.mean),
             "proc_cpu_pct_max": stat(hc["proc_cpu_pct"], np.max),
             "sys_cpu_pct_mean": stat(hc["sys_cpu_pct"], np.mean),
@@ -215,7 +238,7 @@ def summarize(rec: Any, tokens: int | None) -> dict:
             "rss_tree_mib_max": stat(hc["rss_tree_mib"], np.max),
             "cpu_freq_mhz_mean": stat(hc["cpu_freq_mhz"], np.mean),
         },
-        "gpu": {**rec._gpu_status, "devices": devices},
+        "gpu": {**rec.gpu_status, "devices": devices},
         "energy_j": energy_j,
         "tokens": all_tokens,
         "j_per_token": round(energy_j / all_tokens, 6) if energy_j is not None and all_tokens else None,
@@ -224,13 +247,13 @@ def summarize(rec: Any, tokens: int | None) -> dict:
     }
 
 
-def write_tables(rec: Any, directory: str | os.PathLike) -> dict[str, Path]:
-    """Writes the tables of a stopped TelemetryRecorder `rec` to `directory` atomically; returns {name: path}."""
+def write_tables(rec: Recording, summary: dict, directory: str | os.PathLike) -> dict[str, Path]:
+    """Writes the tables of a recording (whose summary is `summary`) to `directory` atomically; returns {name: path}."""
     import pyarrow as pa
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    phases = rec._summary["phases"]
+    phases = summary["phases"]
     starts = [ph["start_s"] for ph in phases]
 
     def phase_of(ts):
@@ -242,23 +265,23 @@ def write_tables(rec: Any, directory: str | os.PathLike) -> dict[str, Path]:
                 "schema": SCHEMA,
                 "started_at": rec.started_at,
                 "rate_hz": rec.rate_hz,
-                "gpu": {k: v for k, v in rec._gpu_status.items()},
+                "gpu": {k: v for k, v in rec.gpu_status.items()},
             }
         )
     }
     f64, i64, i32 = pa.float64(), pa.int64(), pa.int32()
-    host_types = dict.fromkeys(rec._host_cols, f64)  # t_s and HostSampler.COLUMNS
+    host_types = dict.fromkeys(rec.host_cols, f64)  # t_s and HostSampler.COLUMNS
     tables = {
         "host": pa.table(
             {
-                **{c: pa.array(rec._host_cols[c], host_types[c]) for c in host_types},
-                "phase": pa.array(phase_of(rec._host_cols["t_s"]), pa.string()),
+                **{c: pa.array(rec.host_cols[c], host_types[c]) for c in host_types},
+                "phase": pa.array(phase_of(rec.host_cols["t_s"]), pa.string()),
             }
         )
     }
-    if rec._devices:
-        gc = rec._gpu_cols
-        by_index = {d.info["index"]: d.info for d in rec._devices}
+    if rec.devices:
+        gc = rec.gpu_cols
+        by_index = {d.info["index"]: d.info for d in rec.devices}
         types = {
             "t_s": f64,
             "gpu_index": i32,
