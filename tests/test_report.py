@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import prompt, scored_pair, seq, write_run
 from rich.console import Console
-from test_diff import prompt, scored_pair, seq, write_run
 
 from rig.analysis.compare import diff_paths
 from rig.cli.diff import report_command

@@ -97,7 +97,7 @@ def test_compare_task_paired_with_repeats():
 
 
 def test_score_run_reads_final_channel_and_falls_back(tmp_path):
-    from test_diff import prompt, seq, write_run
+    from helpers import prompt, seq, write_run
 
     prompts = [
         prompt("p0", reference="Gold", reference_type="exact"),
