@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import K, prompt, scored_pair, seq, topk_rows, write_run  # noqa: F401
+from helpers import prompt, scored_pair, seq, topk_rows, write_run
 
 from rig.analysis.diff import channel_labels, check_prompts, diff_runs, sequence_teacher
 from rig.analysis.load import load_run
