@@ -112,6 +112,10 @@ step "telemetry summary of the bf16 run (rig show)"
 step "environment differences between the two runs (expected: none)"
 "$PY" -m rig env --diff "$OUT/bf16" "$OUT/fp32"
 
+step "kernels on CUDA against float64 (rig kernels; a failing check is a finding, not a smoke failure)"
+"$PY" -m rig kernels --device cuda --json "$OUT/kernels.json" || echo "rig kernels: exit $? (see the table above)"
+"$PY" -m rig report --kernels "$OUT/kernels.json" -o "$OUT/kernels.html"
+
 step "telemetry and envinfo tests"
 "$PY" -m pytest -q tests/test_telemetry.py tests/test_envinfo.py
 

@@ -6,6 +6,7 @@ run (with its count of plots and token views), no console messages, and keeps a 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ from helpers import prompt, scored_pair, seq, write_run
 from rich.console import Console
 
 from rig.analysis.compare import diff_paths
+from rig.cli import main
 from rig.cli.diff import report_command
 from rig.report.html import build_report
 from rig.report.terminal import print_diff
@@ -135,3 +137,23 @@ def test_report_draws_gpu_telemetry(tmp_path):
     html = build_report(runs[:2], tmp_path / "r.html").read_text()
     assert "GPU power (W)" in html and "GPU temperature (C)" in html and ">gpu 1<" in html
     assert "<h3>a</h3>" not in html  # run a has no telemetry: no empty section for it
+
+
+def test_report_shows_a_kernels_table(tmp_path):
+    """`rig report --kernels FILE` adds the table of a `rig kernels --json` document, with or without runs."""
+    row = {"kernel": "swiglu", "impl": "torch", "dtype": "bfloat16", "input": "clamp-hit", "max_err_ulp": 0.5}
+    row |= {"mean_err_ulp": 0.1, "ratio": 1.0, "batch_invariant": True, "deterministic": True, "verdict": "pass"}
+    row |= {"reason": "", "max_abs_err": 1e-3, "baseline_max_abs_err": 1e-3}
+    doc = {"rig_kernels": 1, "device": "cpu", "implementations": [], "rows": [row], "summary": {"pass": 1}}
+    path = tmp_path / "k.json"
+    path.write_text(json.dumps(doc))
+    res = CliRunner().invoke(main, ["report", "--kernels", str(path), "-o", str(tmp_path / "k.html")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "k.html").read_text()
+    assert '<table class="kernels"' in page and "swiglu" in page and "clamp-hit" in page
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    res = CliRunner().invoke(main, ["report", "--kernels", str(bad), "-o", str(tmp_path / "b.html")])
+    assert res.exit_code == 2 and "rig kernels --json" in res.output
+    res = CliRunner().invoke(main, ["report", "-o", str(tmp_path / "none.html")])
+    assert res.exit_code == 2 and "nothing to report" in res.output

@@ -74,6 +74,9 @@ def _register() -> None:
     for module in (run, show, diff, env, demo, verify):
         for command in module.COMMANDS:
             main.add_command(command)
+    from kernels_check.cli import kernels_command  # the top-level package of kernel checks (imports only click)
+
+    main.add_command(kernels_command)
 
 
 _register()

@@ -117,7 +117,7 @@ def diff_command(
 
 
 @click.command("report")
-@click.argument("runs", nargs=-1, required=True, type=RunPath)
+@click.argument("runs", nargs=-1, type=RunPath)
 @click.option("-o", "--output", type=RunPath, default=Path("report.html"), show_default=True, help="HTML file.")
 @click.option(
     "--scored",
@@ -134,12 +134,16 @@ def diff_command(
 )
 @click.option("--force", is_flag=True, help="Compare the identical prompts when prompt token hashes differ.")
 @click.option("--max-prompts", type=int, default=40, show_default=True, help="Token-level diff views per pair.")
-def report_command(runs, output, scored, floor, tau, force, max_prompts):
+@click.option(
+    "--kernels", "kernels_json", type=RunPath, multiple=True, help="A `rig kernels --json` file: adds its table."
+)
+def report_command(runs, output, scored, floor, tau, force, max_prompts, kernels_json):
     """Write one self-contained HTML report (no network needed) comparing RUNS against the first."""
     from rig.report.html import build_report
     from rig.report.terminal import progress_bar
 
     try:
+        sections = [("Kernels: " + p.name, _kernels_section(p)) for p in kernels_json]
         with progress_bar(Console(stderr=True)) as progress:
             path = build_report(
                 runs,
@@ -150,10 +154,26 @@ def report_command(runs, output, scored, floor, tau, force, max_prompts):
                 force=force,
                 max_prompts=max_prompts,
                 progress=progress,
+                sections=sections,
             )
     except UserError as exc:
         _fail(exc)
     click.echo(f"wrote {path}")
+
+
+def _kernels_section(path: Path) -> str:
+    """The HTML table of a `rig kernels --json` document; UserError for a file that is not one."""
+    import json
+
+    from kernels_check import report_html
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(doc, dict) or "rig_kernels" not in doc:
+        raise UserError(f"{path}: not a `rig kernels --json` document (no 'rig_kernels' field)")
+    return report_html(doc)
 
 
 COMMANDS = (diff_command, report_command)

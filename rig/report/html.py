@@ -68,8 +68,15 @@ def build_report(
     max_prompts: int = 40,
     seed: int = 0,
     progress: ProgressFactory | None = None,
+    sections: Sequence[tuple[str, str]] = (),
 ) -> Path:
-    """Diffs every run against the first and writes the HTML report atomically; returns its path."""
+    """Diffs every run against the first and writes the HTML report atomically; returns its path.
+
+    sections: extra (title, HTML fragment) pairs appended to the page, such as the kernels table of `rig kernels
+    --json` (rendered by kernels_check.report_html). A report may hold only sections and no runs.
+    """
+    if not runs and not sections:
+        raise UserError("nothing to report: give run directories, or --kernels FILE")
     loaded = [_load(p, progress) for p in runs]
     by_pair = _scored_for(loaded, [_load(p, progress) for p in scored])
     floor_pair = None
@@ -86,7 +93,7 @@ def build_report(
             for j in range(i + 1, len(loaded)):
                 p = diff_runs(loaded[i], loaded[j], tau=tau, force=force, decode_context=False, prefix_metrics="none")
                 summaries[(i, j)] = summarize(p)
-    page = render(loaded, pairs, summaries, floor_pair, max_prompts=max_prompts, seed=seed)
+    page = render(loaded, pairs, summaries, floor_pair, max_prompts=max_prompts, seed=seed, sections=sections)
     return atomic_write_bytes(Path(output), page.encode("utf-8"), mode=0o644)
 
 
@@ -340,13 +347,15 @@ def render(
     *,
     max_prompts: int = 40,
     seed: int = 0,
+    sections: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The whole HTML page."""
     dec = Decoder()
     now = now_iso()
     body = [
-        f'<h1>rig report</h1><p class="meta">{len(runs)} runs &middot; baseline {escape(runs[0].name)} '
-        f"&middot; generated {now} by rig {__version__}</p>",
+        f'<h1>rig report</h1><p class="meta">{len(runs)} runs'
+        + (f" &middot; baseline {escape(runs[0].name)}" if runs else "")
+        + f" &middot; generated {now} by rig {__version__}</p>",
         '<nav><input id="filter" type="search" placeholder="filter token views by prompt id"></nav>',
     ]
     if pairs:
@@ -357,12 +366,14 @@ def render(
             "divergence. Teacher-forced numbers come from a scored run where given, else from the common "
             "prefix (docs/metrics.md).</p></section>"
         )
-    body.append(f"<section><h2>Runs and manifests</h2>{manifest_table(runs)}</section>")
+    if runs:
+        body.append(f"<section><h2>Runs and manifests</h2>{manifest_table(runs)}</section>")
     if len(runs) > 2:
         body.append(f"<section><h2>Pairwise matrix</h2>{matrix_tables(runs, summaries)}</section>")
     for j, p in enumerate(pairs):
         body.append(pair_section(p, summaries[(0, j + 1)], floor_pair, max_prompts, seed, dec))
     body.append(telemetry_section(runs))
+    body += [f"<section><h2>{escape(title)}</h2>{fragment}</section>" for title, fragment in sections]
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>rig report</title>'
         f"<style>{CSS}</style></head><body>{''.join(body)}"
