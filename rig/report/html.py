@@ -23,7 +23,7 @@ from rig.errors import UserError
 from rig.files import atomic_write_bytes, now_iso
 from rig.report.assets import CSS, JS
 from rig.report.svg import bar_chart, line_chart
-from rig.report.terminal import SHOWN_CLASSES, SUMMARY_ROWS, fmt
+from rig.report.terminal import SHOWN_CLASSES, SUMMARY_ROWS, TASK_COLUMNS, fmt, task_row
 from rig.report.tokens import Decoder, diff_views
 
 HOST_COLUMNS = ("proc_cpu_pct", "sys_cpu_pct", "cpu_percent", "rss_mib", "rss_tree_mib")
@@ -208,34 +208,7 @@ def pair_section(
     )
     task = task_level(pair, seed)
     if task:
-        lo, hi = task["ci95"]
-        parts.append(
-            "<h3>Task level</h3>"
-            + _table(
-                [
-                    "prompts",
-                    "accuracy A",
-                    "accuracy B",
-                    "B - A",
-                    "95% CI",
-                    "A only / B only",
-                    "McNemar p",
-                    "no final A / B",
-                ],
-                [
-                    [
-                        task["n_prompts"],
-                        task["accuracy_a"],
-                        task["accuracy_b"],
-                        task["diff"],
-                        f"[{fmt(lo)}, {fmt(hi)}]",
-                        f"{task['a_only']} / {task['b_only']}",
-                        task["mcnemar_p"],
-                        f"{task['fallback_a']} / {task['fallback_b']}",
-                    ]
-                ],
-            )
-        )
+        parts.append("<h3>Task level</h3>" + _table(TASK_COLUMNS, [task_row(task)]))
     parts.append(f"<h3>Token-level diff</h3>{diff_views(pair, max_prompts, dec)}</section>")
     return "".join(parts)
 

@@ -172,28 +172,54 @@ def print_sequences(console: Console, rows: list[dict[str, Any]], limit: int) ->
     console.print(t)
 
 
+TASK_COLUMNS = (
+    "prompts x samples",
+    "acc A [95% CI]",
+    "acc B [95% CI]",
+    "B - A",
+    "95% CI (prompts)",
+    "95% CI (prompts, samples)",
+    "prompts B>A / A>B / tie (p)",
+    "A only / B only",
+    "McNemar p",
+    "no final A / B",
+)
+
+
+def _ci(pair: Any) -> str:
+    return "-" if not pair else f"[{fmt(pair[0], 3)}, {fmt(pair[1], 3)}]"
+
+
+def task_row(x: dict[str, Any]) -> list[str]:
+    """One row of TASK_COLUMNS from a task document (rig.analysis.scoring.compare_task): the terminal and the report
+    show the same numbers."""
+    pl = x.get("prompt_level") or {}
+    samples = x.get("samples_max") or 1
+    prompt_cmp = f"{pl['b_better']} / {pl['a_better']} / {pl['ties']} ({fmt(pl.get('sign_test_p'), 3)})" if pl else "-"
+    return [
+        f"{x['n_prompts']} x {samples}",
+        f"{fmt(x['accuracy_a'], 3)} {_ci(x.get('accuracy_a_ci95'))}",
+        f"{fmt(x['accuracy_b'], 3)} {_ci(x.get('accuracy_b_ci95'))}",
+        fmt(x["diff"], 3),
+        _ci(x.get("ci95")),
+        _ci(x.get("diff_ci95_two_level")),
+        prompt_cmp,
+        f"{x['a_only']} / {x['b_only']}",
+        fmt(x["mcnemar_p"], 3),
+        f"{x['fallback_a']} / {x['fallback_b']}",
+    ]
+
+
 def print_task(console: Console, task: dict[str, Any] | None, floor_task: dict[str, Any] | None = None) -> None:
     if not task:
         return
     t = Table(title="Task level (references)", title_justify="left")
     t.add_column("pair")
-    for col in ("prompts", "acc A", "acc B", "B - A", "95% CI", "A only / B only", "McNemar p", "no final"):
+    for col in TASK_COLUMNS:
         t.add_column(col, justify="right")
     for label, x in (("cross", task), ("floor", floor_task)):
-        if not x:
-            continue
-        lo, hi = x["ci95"]
-        t.add_row(
-            label,
-            str(x["n_prompts"]),
-            fmt(x["accuracy_a"], 3),
-            fmt(x["accuracy_b"], 3),
-            fmt(x["diff"], 3),
-            f"[{fmt(lo, 3)}, {fmt(hi, 3)}]",
-            f"{x['a_only']} / {x['b_only']}",
-            fmt(x["mcnemar_p"], 3),
-            f"{x['fallback_a']} / {x['fallback_b']}",
-        )
+        if x:
+            t.add_row(label, *task_row(x))
     console.print(t)
 
 
