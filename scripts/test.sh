@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-ensure_venv "cpu,test"
+ensure_venv "cpu,test,evals"
 
 # Headless Chromium for the report's browser test (Debian's package; the test skips when it is absent).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -129,11 +129,19 @@ def score(source, out, force, telemetry_hz, quiet, **opts):
 @click.command("tiny-model")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--no-tokenizer", is_flag=True, help="Skip the tokenizer files (faster).")
-def tiny_model(out_dir, no_tokenizer):
-    """Build the deterministic tiny gpt-oss checkpoint (real architecture, real vocabulary) into OUT_DIR."""
+@click.option("--layers", type=int, default=None, help="Decoder layers, alternating sliding and full. [default: 2]")
+@click.option("--experts", type=int, default=None, help="Experts per MoE layer. [default: 4]")
+@click.option("--top-k", "top_k", type=int, default=None, help="Experts chosen per token. [default: 2]")
+def tiny_model(out_dir, no_tokenizer, layers, experts, top_k):
+    """Build the deterministic tiny gpt-oss checkpoint (real architecture, real vocabulary) into OUT_DIR.
+
+    \b
+    rig tiny-model models/tiny                         # the demo's model: 2 layers, 4 experts, top-2
+    rig tiny-model models/tiny6 --layers 6 --experts 8 --top-k 2
+    """
     from rig.testing.tiny import build_tiny_model
 
-    hashes = build_tiny_model(out_dir, with_tokenizer=not no_tokenizer)
+    hashes = build_tiny_model(out_dir, with_tokenizer=not no_tokenizer, layers=layers, experts=experts, top_k=top_k)
     for name, digest in hashes.items():
         click.echo(f"{digest[:16]}  {name}")
 

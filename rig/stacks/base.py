@@ -64,14 +64,20 @@ class Stack(ABC):
 
     @classmethod
     def check_installed(cls) -> None:
-        """Raises UserError naming the extra to install when one of `requires` is missing (imports nothing)."""
+        """Raises UserError naming the extra to install when one of `requires` is missing (imports nothing).
+
+        A stack that needs packages (hf: torch; vllm: vllm, which runs torch in its worker) is also checked for a
+        torchvision built for another torch, which breaks loading any model (rig.stacks.torch_companion_hint).
+        """
         import importlib.util
 
-        from rig.stacks import install_hint
+        from rig.stacks import install_hint, torch_companion_hint
 
         for module in cls.requires:
             if importlib.util.find_spec(module) is None:
                 raise UserError(install_hint(cls.name, module))
+        if cls.requires and (hint := torch_companion_hint()):
+            raise UserError(hint)
 
     def __init__(self, spec: RunSpec):
         self.spec = spec

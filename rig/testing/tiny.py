@@ -9,17 +9,25 @@ a trained model's rather than near-uniform (which would make every position a ne
 The tokenizer files are rebuilt offline from the harmony encoding's own vocabulary (o200k_harmony), so servers that
 want a tokenizer (vLLM's OpenAI-compatible server) get the real one. Every build is byte-identical.
 
+A build is written into a hidden directory next to the target and renamed into place only when complete: a missing
+package, an interrupt or a full disk leaves no half-built model that later commands would accept.
+
     rig tiny-model models/tiny-gpt-oss
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
+import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from rig.errors import UserError
 from rig.files import model_file_hashes
 
 SEED = 20250805
@@ -72,14 +80,132 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
-def build_tiny_model(out_dir: str | Path, *, dtype: str = "bfloat16", with_tokenizer: bool = True) -> dict[str, str]:
-    """Write the tiny checkpoint to out_dir; returns {file name: sha256} of what was written."""
+def tiny_config(*, layers: int | None = None, experts: int | None = None, top_k: int | None = None) -> dict[str, Any]:
+    """TINY_CONFIG with the depth, expert count and experts per token overridden (None keeps each as it is).
+
+    Deeper models alternate sliding and full attention starting with sliding, as gpt-oss and vLLM's loader do.
+    """
+    cfg = dict(TINY_CONFIG)
+    if layers is not None:
+        if layers < 1:
+            raise UserError(f"--layers must be at least 1, not {layers}")
+        cfg["num_hidden_layers"] = layers
+        cfg["layer_types"] = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    if experts is not None:
+        cfg["num_local_experts"] = experts
+    if top_k is not None:
+        cfg["num_experts_per_tok"] = top_k
+    if not 1 <= cfg["num_experts_per_tok"] <= cfg["num_local_experts"]:
+        raise UserError(
+            f"--top-k must be between 1 and the number of experts ({cfg['num_local_experts']}), "
+            f"not {cfg['num_experts_per_tok']}"
+        )
+    return cfg
+
+
+# Modules the build imports; tiktoken only for the tokenizer (transformers' TikTokenConverter reads the vocabulary).
+REQUIRES = ("torch", "transformers")
+REQUIRES_TOKENIZER = ("tiktoken",)
+
+
+def check_build_requirements(with_tokenizer: bool = True) -> None:
+    """Raises UserError naming the extra to install when a module the build needs is missing (imports nothing)."""
+    from rig.stacks import torch_companion_hint
+
+    for module in REQUIRES + (REQUIRES_TOKENIZER if with_tokenizer else ()):
+        if importlib.util.find_spec(module) is None:
+            raise UserError(
+                f"building the tiny model needs packages that are not installed ({module} is not installed): "
+                "pip install 'inference-rig[hf]' (or '[cpu]')"
+            )
+    if hint := torch_companion_hint():
+        raise UserError(hint)
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    *,
+    dtype: str = "bfloat16",
+    with_tokenizer: bool = True,
+    layers: int | None = None,
+    experts: int | None = None,
+    top_k: int | None = None,
+) -> dict[str, str]:
+    """Write the tiny checkpoint to out_dir; returns {file name: sha256} of what was written.
+
+    layers, experts and top_k override the default shape (tiny_config); None keeps the demo's model.
+
+    The files are built in a hidden sibling directory and renamed into place when complete. An existing tiny model
+    at out_dir is replaced by the new build (byte-identical for the same options); any other existing non-empty
+    directory is refused rather than overwritten.
+    """
+    config = tiny_config(layers=layers, experts=experts, top_k=top_k)
+    check_build_requirements(with_tokenizer)
+    out = Path(os.path.abspath(out_dir))  # "models/tiny/." and the like get a real name and parent
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out_dir} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not _looks_like_tiny_model(out):
+        raise UserError(f"{out_dir} exists and is not a tiny model; remove it or choose another directory")
+    created = _make_parents(out.parent)
+    tmp = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()
+        _write_tiny_model(tmp, config, dtype=dtype, with_tokenizer=with_tokenizer)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # innermost first; only the ones this call made, and only if still empty
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
+    return model_file_hashes(out)
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """mkdir -p path; returns the directories it created, innermost first."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+    return missing
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Renames the finished build tmp to out; an existing out is moved aside first and removed after."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _looks_like_tiny_model(path: Path) -> bool:
+    """True for a directory a tiny-model build wrote (complete or not, any shape): config.json has the tiny width."""
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return cfg.get("model_type") == "gpt_oss" and all(
+        cfg.get(k) == TINY_CONFIG[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "head_dim")
+    )
+
+
+def _write_tiny_model(out: Path, tiny: dict[str, Any], *, dtype: str, with_tokenizer: bool) -> None:
+    """Writes the checkpoint of config dict `tiny` into the existing directory out."""
     import torch
     from transformers import GenerationConfig, GptOssConfig, GptOssForCausalLM
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = GptOssConfig(**TINY_CONFIG)
+    config = GptOssConfig(**tiny)
     config.dtype = dtype
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
@@ -106,7 +232,6 @@ def build_tiny_model(out_dir: str | Path, *, dtype: str = "bfloat16", with_token
     ).save_pretrained(out)
     if with_tokenizer:
         build_tokenizer(out)
-    return model_file_hashes(out)
 
 
 def build_tokenizer(out_dir: Path) -> None:
@@ -128,7 +253,17 @@ def build_tokenizer(out_dir: Path) -> None:
         converter = TikTokenConverter(
             vocab_file=str(ranks), pattern=O200K_PATTERN, extra_special_tokens=list(special), add_prefix_space=False
         )
-        tok = converter.converted()
+        # tiktoken keeps a copy of every vocabulary file it reads in /tmp/data-gym-cache, keyed by the file's path;
+        # this path is new on every build, so each build would leave 3 MB behind. An empty cache dir turns that off.
+        saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = ""
+        try:
+            tok = converter.converted()
+        finally:
+            if saved is None:
+                os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+            else:
+                os.environ["TIKTOKEN_CACHE_DIR"] = saved
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|startoftext|>",
