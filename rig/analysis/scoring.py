@@ -1,13 +1,17 @@
 """Task-level scoring: did each completion get the reference answer, and do two runs differ in accuracy?
 
 A token-level diff says where two stacks part ways; this module says whether it matters for answers. Prompts carry a
-`reference` and a `reference_type` (exact, numeric, regex, choice) in prompts.jsonl; the answer is read from the
-harmony final channel (completions.jsonl "final"), or from the whole decoded text when the completion has no final
-channel (counted and reported as a fallback). Accuracy per run, the paired difference over prompts with a bootstrap
-95% interval, and McNemar's exact p-value come from rig.analysis.stats. Definitions: docs/metrics.md, "Task level".
+`reference` and a `reference_type` in prompts.jsonl: the rig's own checks (exact, numeric, regex, choice) are here;
+imported evaluations' checks (math, mc, ifeval) delegate to the field's libraries in rig.evals.scorers. The answer is
+read from the harmony final channel (completions.jsonl "final"), or from the whole decoded text when the completion
+has no final channel (counted and reported as a fallback). With repeats (`--samples N`) each prompt gets a pass rate;
+accuracy carries a 95% interval from a bootstrap over prompts and samples, and two runs are compared prompt by prompt
+(paired bootstrap, sign test over prompts, McNemar over coupled samples; rig.analysis.stats). Definitions:
+docs/metrics.md, "Task level", and docs/evals.md.
 
     res = score_run(RunReader("runs/a"))       # TaskScores: per (prompt, sample) pass/fail
-    cmp = compare_task(res_a, res_b)           # accuracy per run, paired difference, interval, McNemar p
+    acc = run_accuracy(res)                    # accuracy, its interval, per-prompt pass rates
+    cmp = compare_task(res_a, res_b)           # both accuracies, paired difference, intervals, tests
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from rig.analysis.stats import bootstrap_paired, mcnemar_exact
+from rig.analysis.stats import bootstrap_paired, bootstrap_two_level, mcnemar_exact, sign_test_two_sided
 from rig.errors import UserError
 
 _NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
@@ -99,15 +103,39 @@ def score_choice(answer: str, reference: Any) -> bool:
     return want is not None and extract_choice(answer) == want
 
 
-SCORERS = {"exact": score_exact, "numeric": score_numeric, "regex": score_regex, "choice": score_choice}
+def _score_math(answer: str, reference: Any) -> bool:
+    from rig.evals.scorers import score_math
+
+    return score_math(answer, reference)
 
 
-def score_answer(answer: str, reference: Any, reference_type: str | None) -> bool:
-    """Whether answer matches reference under reference_type (exact when unset)."""
-    scorer = SCORERS.get(reference_type or "exact")
-    if scorer is None:
+def _score_ifeval(answer: str, reference: Any) -> bool:
+    from rig.evals.scorers import score_ifeval
+
+    return score_ifeval(answer, reference)
+
+
+SCORERS = {
+    "exact": score_exact,
+    "numeric": score_numeric,
+    "regex": score_regex,
+    "choice": score_choice,
+    "math": _score_math,
+    "ifeval": _score_ifeval,
+    "mc": None,  # needs the prompt's choices: score_answer passes them
+}
+
+
+def score_answer(answer: str, reference: Any, reference_type: str | None, *, choices: Any = None) -> bool:
+    """Whether answer matches reference under reference_type (exact when unset); choices for "mc"."""
+    rtype = reference_type or "exact"
+    if rtype not in SCORERS:
         raise UserError(f"unknown reference_type {reference_type!r}; known: {', '.join(SCORERS)}")
-    return bool(scorer(answer or "", reference))
+    if rtype == "mc":
+        from rig.evals.scorers import score_mc
+
+        return bool(score_mc(answer or "", reference, choices))
+    return bool(SCORERS[rtype](answer or "", reference))
 
 
 def answer_text(completion: dict[str, Any]) -> tuple[str, bool]:
@@ -135,7 +163,8 @@ def score_run(reader: Any, prompt_ids: set[str] | None = None) -> TaskScores:
     """Scores every completion whose prompt has a reference (optionally only the prompts in prompt_ids)."""
     prompts = reader.prompts
     out = TaskScores()
-    passed = []
+    passed: list[bool] = []
+    mc: list[tuple[int, tuple[str, Any, Any]]] = []  # scored together: lm-eval's filter is slow per call
     for c in reader.completions:
         p = prompts.get(c["prompt_id"])
         if p is None or p.get("reference") is None or (prompt_ids is not None and c["prompt_id"] not in prompt_ids):
@@ -143,9 +172,54 @@ def score_run(reader: Any, prompt_ids: set[str] | None = None) -> TaskScores:
         answer, from_final = answer_text(c)
         out.n_fallback += not from_final
         out.keys.append((c["prompt_id"], int(c["sample"])))
-        passed.append(score_answer(answer, p["reference"], p.get("reference_type")))
+        if p.get("reference_type") == "mc":
+            mc.append((len(passed), (answer, p["reference"], p.get("choices"))))
+            passed.append(False)
+        else:
+            passed.append(score_answer(answer, p["reference"], p.get("reference_type"), choices=p.get("choices")))
+    if mc:
+        from rig.evals.scorers import score_mc_batch
+
+        for (i, _), ok in zip(mc, score_mc_batch([item for _, item in mc]), strict=True):
+            passed[i] = ok
     out.passed = np.asarray(passed, dtype=bool)
     return out
+
+
+def _matrix(keys: list[tuple[str, int]], passed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prompt ids sorted, (prompts, max samples) outcomes with each prompt's samples first, samples per prompt)."""
+    names = np.asarray([k[0] for k in keys], dtype=object)
+    uniq, inverse = np.unique(names, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(uniq))
+    values = np.zeros((len(uniq), int(counts.max(initial=1))))
+    slot = np.zeros(len(uniq), np.int64)
+    for i, row in enumerate(inverse):
+        values[row, slot[row]] = passed[i]
+        slot[row] += 1
+    return uniq, values, counts
+
+
+def run_accuracy(scores: TaskScores, *, seed: int = 0, n_resamples: int = 10_000) -> dict[str, Any] | None:
+    """One run's accuracy over its scored prompts: the mean of per-prompt pass rates with a 95% interval from a
+    bootstrap over prompts and samples (rig.analysis.stats.bootstrap_two_level); None when nothing was scored.
+
+    Returns {"n_prompts", "n_sequences", "samples_min", "samples_max", "accuracy", "ci95", "fallback", "pass_rates"}.
+    """
+    if not len(scores.passed):
+        return None
+    uniq, values, counts = _matrix(scores.keys, scores.passed)
+    boot = bootstrap_two_level(values, counts, n_resamples=n_resamples, seed=seed)
+    rates = values.sum(axis=1) / counts
+    return {
+        "n_prompts": len(uniq),
+        "n_sequences": int(counts.sum()),
+        "samples_min": int(counts.min()),
+        "samples_max": int(counts.max()),
+        "accuracy": boot["mean"],
+        "ci95": [boot["lo"], boot["hi"]],
+        "fallback": scores.n_fallback,
+        "pass_rates": {str(p): float(r) for p, r in zip(uniq, rates, strict=True)},
+    }
 
 
 def compare_task(a: TaskScores, b: TaskScores, *, seed: int = 0, n_resamples: int = 10_000) -> dict[str, Any] | None:
@@ -153,7 +227,11 @@ def compare_task(a: TaskScores, b: TaskScores, *, seed: int = 0, n_resamples: in
 
     Returns accuracy per run, per-prompt pass rates (mean over samples) when there are repeats, the paired difference
     (B - A) of per-prompt pass rates with a bootstrap interval over prompts, and McNemar's exact p-value over the
-    paired (prompt, sample) outcomes.
+    paired (prompt, sample) outcomes. Added for repeats (docs/evals.md): each run's accuracy with a 95% interval from
+    a bootstrap over prompts and samples (accuracy_a_ci95, accuracy_b_ci95), the difference's interval from the same
+    two-level bootstrap of coupled pairs (diff_ci95_two_level), its clustered standard error over prompts (diff_se),
+    and the prompt-level paired comparison (prompt_level: prompts where B's pass rate is higher, lower, tied, and
+    the two-sided exact sign test).
     """
     index_b = {key: i for i, key in enumerate(b.keys)}
     pairs = [(i, index_b[key]) for i, key in enumerate(a.keys) if key in index_b]
@@ -161,33 +239,56 @@ def compare_task(a: TaskScores, b: TaskScores, *, seed: int = 0, n_resamples: in
         return None
     ia, ib = (np.asarray(x) for x in zip(*pairs, strict=True))
     pa, pb = a.passed[ia], b.passed[ib]
-    prompt_names = [a.keys[i][0] for i in ia]
-    uniq, inverse = np.unique(np.asarray(prompt_names, dtype=object), return_inverse=True)
-    counts = np.bincount(inverse)
-    rate_a = np.bincount(inverse, weights=pa) / counts
-    rate_b = np.bincount(inverse, weights=pb) / counts
+    keys = [a.keys[i] for i in ia]
+    uniq, va, counts = _matrix(keys, pa)
+    vb = _matrix(keys, pb)[1]
+    rate_a, rate_b = va.sum(axis=1) / counts, vb.sum(axis=1) / counts
     n01 = int((pa & ~pb).sum())  # A passes, B fails
     n10 = int((~pa & pb).sum())
     boot = bootstrap_paired(rate_a, rate_b, n_resamples=n_resamples, seed=seed)
+    boot_a = bootstrap_two_level(va, counts, n_resamples=n_resamples, seed=seed)
+    boot_b = bootstrap_two_level(vb, counts, n_resamples=n_resamples, seed=seed)
+    boot_d = bootstrap_two_level(vb - va, counts, n_resamples=n_resamples, seed=seed)
+    d = rate_b - rate_a
+    up, down = int((d > 0).sum()), int((d < 0).sum())
     out = {
         "n_prompts": len(uniq),
         "n_pairs": len(pa),
         "repeats": bool(counts.max() > 1),
+        "samples_min": int(counts.min()),
+        "samples_max": int(counts.max()),
         "accuracy_a": float(pa.mean()),
         "accuracy_b": float(pb.mean()),
+        "accuracy_a_ci95": [boot_a["lo"], boot_a["hi"]],
+        "accuracy_b_ci95": [boot_b["lo"], boot_b["hi"]],
         "diff": boot["diff"],
         "ci95": [boot["lo"], boot["hi"]],
+        "diff_ci95_two_level": [boot_d["lo"], boot_d["hi"]],
+        "diff_se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None,
         "n_resamples": n_resamples,
         "seed": seed,
+        "bootstrap": "ci95: prompts resampled (paired pass rates); *_ci95 and diff_ci95_two_level: prompts, then "
+        "samples within each prompt (coupled pairs keep their sample index)",
         "a_only": n01,
         "b_only": n10,
         "mcnemar_p": mcnemar_exact(n01, n10),
+        "prompt_level": {
+            "b_better": up,
+            "a_better": down,
+            "ties": len(d) - up - down,
+            "sign_test_p": sign_test_two_sided(up, down),
+        },
         "fallback_a": a.n_fallback,
         "fallback_b": b.n_fallback,
     }
     if out["repeats"]:
         out["per_prompt"] = [
-            {"prompt_id": str(p), "pass_rate_a": float(x), "pass_rate_b": float(y)}
-            for p, x, y in zip(uniq, rate_a, rate_b, strict=True)
+            {
+                "prompt_id": str(p),
+                "samples": int(c),
+                "pass_rate_a": float(x),
+                "pass_rate_b": float(y),
+            }
+            for p, x, y, c in zip(uniq, rate_a, rate_b, counts, strict=True)
         ]
     return out

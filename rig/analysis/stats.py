@@ -8,6 +8,7 @@ function names the test that pins it.
     m = token_metrics(lp_a, lp_b, ids_a, lps_a, ids_b, lps_b)   # delta, |delta| stats, top-1 agreement, KL (nats)
     boot = bootstrap_paired(pass_a, pass_b)                       # {"diff", "lo", "hi"}, seeded, 10,000 resamples
     p = mcnemar_exact(n01, n10)                                   # two-sided exact p-value
+    ci = bootstrap_two_level(passes, counts)                      # repeats: over prompts, then samples in each
 """
 
 from __future__ import annotations
@@ -243,6 +244,45 @@ def bootstrap_paired(
         means[start:stop] = d[idx].mean(axis=1)
     lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi)}
+
+
+def bootstrap_two_level(
+    values: np.ndarray, counts: np.ndarray, *, n_resamples: int = 10_000, seed: int = 0, alpha: float = 0.05
+) -> dict[str, float | None]:
+    """Bootstrap over prompts and samples of the mean over prompts of each prompt's mean over its samples.
+
+    values is (prompts, max samples), row i holding prompt i's counts[i] values first (the rest is ignored): pass/fail
+    outcomes for an accuracy, or B - A outcomes of coupled (prompt, sample) pairs for a paired difference (the same
+    sample index is drawn for both runs, so the pairing survives). Each resample draws prompts with replacement, then
+    each drawn prompt's samples with replacement (numpy default_rng(seed)). Returns {"mean", "lo", "hi"}, a percentile
+    (1 - alpha) interval. Pinned by tests/test_evals.py::test_two_level_bootstrap.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.int64)
+    n = len(counts)
+    if n == 0:
+        return {"mean": None, "lo": None, "hi": None}
+    kmax = int(counts.max())
+    rates = np.array([values[i, : counts[i]].mean() for i in range(n)])
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_resamples)
+    chunk = max(1, 4_000_000 // (n * kmax))
+    slots = np.arange(kmax)
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        pick = rng.integers(0, n, size=(stop - start, n))
+        c = counts[pick]
+        j = (rng.random((stop - start, n, kmax)) * c[..., None]).astype(np.int64)
+        drawn = values[pick[..., None], j]
+        drawn = np.where(slots < c[..., None], drawn, 0.0)
+        means[start:stop] = (drawn.sum(axis=2) / c).mean(axis=1)
+    lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {"mean": float(rates.mean()), "lo": float(lo), "hi": float(hi)}
+
+
+def sign_test_two_sided(n_up: int, n_down: int) -> float:
+    """Two-sided exact sign test over untied pairs: min(1, 2 P(X >= max(n_up, n_down))), X ~ Bin(n_up + n_down, 1/2)."""
+    return min(1.0, 2 * sign_test_p(max(n_up, n_down), min(n_up, n_down))) if n_up + n_down else 1.0
 
 
 def mcnemar_exact(n01: int, n10: int) -> float:

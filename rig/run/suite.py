@@ -9,7 +9,15 @@ A suite line is one of
     {"id": "...", "messages": [{"role": "user", "content": "..."}], "reasoning_effort"?, "reference"?, "category"?}
     {"id": "...", "text": "raw completion prompt"}
     {"id": "...", "token_ids": [1, 2, 3]}
-with optional "reference" (a string or number) and "reference_type" (exact, numeric, regex, choice).
+with optional "reference" (a string or number) and "reference_type" (exact, numeric, regex, choice), and, for suites
+imported from the evaluation ecosystem (rig.evals, docs/evals.md):
+    "reference_type": "math"    the reference is a math answer, checked with math-verify
+    "reference_type": "mc"      the reference is the correct letter; "choices" lists the options in their shown order
+    "reference_type": "ifeval"  the reference is {"instruction_id_list", "kwargs", "prompt"}, checked by lm-eval
+    "origin": {...}             where the record came from in its dataset (row, original id, choice permutation)
+An imported suite opens with one header line, {"rig_suite": 1, "source": {...}, "records_sha256": "..."}: the dataset
+or task it came from with its hash, the field mapping, and the sha256 of the record lines below it (checked at load, so
+an edited suite cannot keep the provenance of the original). Suites without a header load as before.
 """
 
 from __future__ import annotations
@@ -29,8 +37,22 @@ from rig.harmony import encoding as harmony_encoding
 
 ROLES = ("system", "developer", "user", "assistant")
 EFFORTS = ("low", "medium", "high")
-REFERENCE_TYPES = ("exact", "numeric", "regex", "choice")
-_ALLOWED = {"id", "messages", "text", "token_ids", "reasoning_effort", "reference", "reference_type", "category"}
+REFERENCE_TYPES = ("exact", "numeric", "regex", "choice", "math", "mc", "ifeval")
+_ALLOWED = {
+    "id",
+    "messages",
+    "text",
+    "token_ids",
+    "reasoning_effort",
+    "reference",
+    "reference_type",
+    "category",
+    "choices",
+    "origin",
+}
+HEADER_KEY = "rig_suite"  # the key that marks an imported suite's first line (its provenance header)
+HEADER_VERSION = 1
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 @dataclass(frozen=True)
@@ -58,9 +80,10 @@ class Prompt:
     reference: Any = None
     reference_type: str | None = None
     category: str | None = None
+    choices: tuple[str, ...] | None = None  # multiple-choice options in the order shown (reference_type "mc")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "token_ids": list(self.token_ids),
             "sha256": self.sha256,
@@ -71,6 +94,9 @@ class Prompt:
             "reference_type": self.reference_type,
             "category": self.category,
         }
+        if self.choices is not None:  # only when set: prompts.jsonl of older suites stays byte for byte the same
+            out["choices"] = list(self.choices)
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Prompt:
@@ -83,6 +109,7 @@ class Prompt:
             reference=d.get("reference"),
             reference_type=d.get("reference_type"),
             category=d.get("category"),
+            choices=tuple(d["choices"]) if d.get("choices") is not None else None,
         )
 
 
@@ -92,9 +119,13 @@ class Suite:
     prompts: tuple[Prompt, ...]
     render: RenderOptions
     hash: str
+    source: dict[str, Any] | None = None  # an imported suite's provenance header (dataset or task, its hash, mapping)
 
     def manifest_entry(self) -> dict[str, Any]:
-        return {"name": self.name, "hash": self.hash, "n_prompts": len(self.prompts), "render": self.render.to_dict()}
+        out = {"name": self.name, "hash": self.hash, "n_prompts": len(self.prompts), "render": self.render.to_dict()}
+        if self.source is not None:
+            out["source"] = self.source
+        return out
 
 
 def token_hash(token_ids: list[int] | tuple[int, ...]) -> str:
@@ -102,10 +133,14 @@ def token_hash(token_ids: list[int] | tuple[int, ...]) -> str:
     return hashlib.sha256(np.asarray(token_ids, dtype="<i4").tobytes()).hexdigest()
 
 
-def suite_hash(prompts: list[Prompt] | tuple[Prompt, ...], render: RenderOptions) -> str:
+def suite_hash(prompts: list[Prompt] | tuple[Prompt, ...], render: RenderOptions, records: str | None = None) -> str:
+    """16 hex digits over the render options and each prompt's id and token hash; an imported suite's records_sha256
+    (records) is included too, so that its answer key (references, choices) is part of its identity."""
     h = hashlib.sha256(json.dumps(render.to_dict(), sort_keys=True).encode())
     for p in prompts:
         h.update(f"{p.id}\0{p.sha256}\n".encode())
+    if records:
+        h.update(f"records\0{records}".encode())
     return h.hexdigest()[:16]
 
 
@@ -130,14 +165,50 @@ def resolve_suite_path(name_or_path: str) -> tuple[str, Path]:
     return name_or_path, Path(str(bundled))
 
 
-def validate_lines(path: Path) -> list[dict[str, Any]]:
-    """Parse and check every line; the first error raises UserError naming the file, line and field."""
-    records: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
+def records_sha256(lines: list[str]) -> str:
+    """Hex sha256 of an imported suite's record lines (each stripped of surrounding whitespace, joined by newlines)."""
+    return hashlib.sha256("\n".join(line.strip() for line in lines if line.strip()).encode()).hexdigest()
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """An imported suite's provenance header (its first line), checked against the record lines; None without one."""
+    lines = _read_text(path).splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return None
     try:
-        text = path.read_text(encoding="utf-8")
+        head = json.loads(lines[first])
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(head, dict) or HEADER_KEY not in head:
+        return None
+    where = f"{path}:{first + 1}"
+    if head[HEADER_KEY] != HEADER_VERSION or not isinstance(head.get("source"), dict):
+        raise UserError(f"{where}: suite header: expected {{'{HEADER_KEY}': {HEADER_VERSION}, 'source': {{...}}}}")
+    want = head.get("records_sha256")
+    if want is not None and records_sha256(lines[first + 1 :]) != want:
+        raise UserError(
+            f"{where}: the records changed since the suite was imported (records_sha256 differs); re-import it, or "
+            "delete the header line to use the edited file without its provenance"
+        )
+    return head
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 ({exc.reason})") from None
+
+
+def validate_lines(path: Path) -> list[dict[str, Any]]:
+    """Parse and check every line; the first error raises UserError naming the file, line and field.
+
+    An imported suite's header line (rig_suite) is skipped here; read_header checks it."""
+    records: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    text = _read_text(path)
+    first = True
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -148,6 +219,12 @@ def validate_lines(path: Path) -> list[dict[str, Any]]:
             raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(rec, dict):
             raise UserError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        if HEADER_KEY in rec:
+            if not first:
+                raise UserError(f"{where}: a suite header ('{HEADER_KEY}') is allowed on the first line only")
+            first = False
+            continue
+        first = False
         _check_record(rec, where)
         if rec["id"] in seen:
             raise UserError(f"{where}: field 'id': duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
@@ -195,16 +272,53 @@ def _check_record(rec: dict[str, Any], where: str) -> None:
     if effort is not None and effort not in EFFORTS:
         raise UserError(f"{where}: field 'reasoning_effort': {effort!r} is not one of {', '.join(EFFORTS)}")
     ref = rec.get("reference")
-    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, str | int | float)):
-        raise UserError(f"{where}: field 'reference': a string or a number")
     rtype = rec.get("reference_type")
+    if rtype == "ifeval":
+        _check_ifeval_reference(ref, where)
+    elif ref is not None and (isinstance(ref, bool) or not isinstance(ref, str | int | float)):
+        raise UserError(f"{where}: field 'reference': a string or a number")
     if rtype is not None:
         if rtype not in REFERENCE_TYPES:
             raise UserError(f"{where}: field 'reference_type': {rtype!r} is not one of {', '.join(REFERENCE_TYPES)}")
         if ref is None:
             raise UserError(f"{where}: field 'reference_type': given without a 'reference'")
+    _check_choices(rec, rtype, where)
     if "category" in rec and not isinstance(rec["category"], str):
         raise UserError(f"{where}: field 'category': a string")
+    if "origin" in rec and not isinstance(rec["origin"], dict):
+        raise UserError(f"{where}: field 'origin': an object")
+
+
+def _check_choices(rec: dict[str, Any], rtype: str | None, where: str) -> None:
+    choices = rec.get("choices")
+    if choices is None:
+        if rtype == "mc":
+            raise UserError(f"{where}: field 'choices': required with reference_type 'mc'")
+        return
+    if (
+        not isinstance(choices, list)
+        or not 2 <= len(choices) <= len(LETTERS)
+        or not all(isinstance(c, str) and c.strip() for c in choices)
+    ):
+        raise UserError(f"{where}: field 'choices': a list of 2 to {len(LETTERS)} non-empty strings")
+    if rtype == "mc" and rec.get("reference") not in LETTERS[: len(choices)]:
+        raise UserError(
+            f"{where}: field 'reference': with reference_type 'mc', one of the letters "
+            f"{LETTERS[0]}-{LETTERS[len(choices) - 1]} (found {rec.get('reference')!r})"
+        )
+
+
+def _check_ifeval_reference(ref: Any, where: str) -> None:
+    ok = isinstance(ref, dict) and isinstance(ref.get("instruction_id_list"), list) and ref["instruction_id_list"]
+    ok = ok and all(isinstance(x, str) for x in ref["instruction_id_list"])
+    kwargs = ref.get("kwargs") if isinstance(ref, dict) else None
+    ok = ok and isinstance(kwargs, list) and len(kwargs) == len(ref["instruction_id_list"])
+    ok = ok and all(isinstance(k, dict) for k in kwargs)
+    if not ok:
+        raise UserError(
+            f"{where}: field 'reference': with reference_type 'ifeval', an object with 'instruction_id_list' (a list "
+            "of instruction ids) and 'kwargs' (one object per instruction)"
+        )
 
 
 def render_record(rec: dict[str, Any], render: RenderOptions) -> Prompt:
@@ -220,6 +334,8 @@ def render_record(rec: dict[str, Any], render: RenderOptions) -> Prompt:
         kind, source = "text", {"text": rec["text"]}
     else:
         ids, kind, source = list(rec["token_ids"]), "tokens", {}
+    if rec.get("origin"):
+        source["origin"] = rec["origin"]
     ref = rec.get("reference")
     rtype = rec.get("reference_type") or (
         None if ref is None else "numeric" if isinstance(ref, int | float) else "exact"
@@ -233,6 +349,7 @@ def render_record(rec: dict[str, Any], render: RenderOptions) -> Prompt:
         reference=ref,
         reference_type=rtype,
         category=rec.get("category"),
+        choices=tuple(rec["choices"]) if rec.get("choices") is not None else None,
     )
 
 
@@ -276,5 +393,8 @@ def load_suite(name_or_path: str, render: RenderOptions | None = None) -> Suite:
     if render.reasoning_effort not in EFFORTS:
         raise UserError(f"reasoning effort {render.reasoning_effort!r} is not one of {', '.join(EFFORTS)}")
     name, path = resolve_suite_path(name_or_path)
+    header = read_header(path)
     prompts = tuple(render_record(rec, render) for rec in validate_lines(path))
-    return Suite(name=name, prompts=prompts, render=render, hash=suite_hash(prompts, render))
+    source = None if header is None else {**header["source"], "records_sha256": header.get("records_sha256")}
+    records = None if source is None else source["records_sha256"]
+    return Suite(name=name, prompts=prompts, render=render, hash=suite_hash(prompts, render, records), source=source)
