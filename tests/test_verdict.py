@@ -29,26 +29,36 @@ FAULTS = {
 ROUNDING_SIZED_AT_BF16 = {"sink", "rope", "ulp"}
 
 
-def _run(model, out, dtype):
+N_PROMPTS = 16  # the first 16 prompts of the default suite, 24 tokens each: 2 batches of 8 per run
+
+
+def _run(model, out, dtype, suite):
     from rig.run import runner
     from rig.run.spec import RunSpec, SamplingSpec
-    from rig.run.suite import load_suite
 
     spec = RunSpec(stack="hf", model=str(model), dtype=dtype, sampling=SamplingSpec(max_new_tokens=24))
-    return runner.execute(spec, out, suite=load_suite("default"), telemetry_hz=0)
+    return runner.execute(spec, out, suite=suite, telemetry_hz=0)
 
 
 @pytest.fixture(scope="module")
-def fault_runs(tiny_model, hf_run_bf16, hf_run_fp32, tmp_path_factory):
-    """{dtype: {"clean", "replicate", fault name: run dir}} (the clean runs are conftest's, 24 tokens, greedy)."""
+def fault_runs(tiny_model, tmp_path_factory):
+    """{dtype: {"clean", "replicate", fault name: run dir}}, greedy, on the first N_PROMPTS prompts."""
+    from importlib import resources
+
+    from rig.run.suite import load_suite
+
     root = tmp_path_factory.mktemp("faults")
-    runs = {"float32": {"clean": hf_run_fp32}, "bfloat16": {"clean": hf_run_bf16}}
+    lines = resources.files("rig.run.suites").joinpath("default.jsonl").read_text().splitlines()[:N_PROMPTS]
+    (root / "suite.jsonl").write_text("\n".join(lines) + "\n")
+    suite = load_suite(str(root / "suite.jsonl"))
+    runs: dict[str, dict] = {"float32": {}, "bfloat16": {}}
+    for dtype in runs:
+        runs[dtype]["clean"] = _run(tiny_model, root / f"{dtype}-clean", dtype, suite)
+        runs[dtype]["replicate"] = _run(tiny_model, root / f"{dtype}-replicate", dtype, suite)
     for name, fault in FAULTS.items():
         model = plant(tiny_model, root / f"model-{name}", fault)
         for dtype in runs:
-            runs[dtype][name] = _run(model, root / f"{dtype}-{name}", dtype)
-    for dtype in runs:
-        runs[dtype]["replicate"] = _run(tiny_model, root / f"{dtype}-replicate", dtype)
+            runs[dtype][name] = _run(model, root / f"{dtype}-{name}", dtype, suite)
     return runs
 
 
@@ -63,7 +73,7 @@ def _diff(runs, b, *extra, tmp_path):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_replicate_pair_agrees(fault_runs, dtype, tmp_path):
     code, doc = _diff(fault_runs[dtype], "replicate", tmp_path=tmp_path)
-    assert code == 0 and doc["summary"]["identical"] == 29
+    assert code == 0 and doc["summary"]["identical"] == N_PROMPTS
     code, _ = _diff(fault_runs[dtype], "replicate", "--min-effect", "0", tmp_path=tmp_path)
     assert code == 0
     # a replicate pair is bitwise identical, so the floor leaves tau at its precision value

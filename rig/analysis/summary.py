@@ -383,13 +383,23 @@ def diff_document(
         if floor is not None
         else None
     )
-    doc["spikes"] = cross.spikes
+    doc["spikes"] = [{**s, "localize": _localize(cross, s["prompt_id"], s["pos"], s["sample"])} for s in cross.spikes]
     doc["drift_vs_floor"] = (
         drift_test(cross, floor, thresholds.alpha, thresholds.min_effect) if floor is not None else None
     )
     doc["sequences"] = rows(cross)
+    for r in doc["sequences"]:
+        if r["first_divergence"] is not None and r["class"] != "prefix":
+            r["localize"] = _localize(cross, r["prompt_id"], r["first_divergence"], r["sample"])
     doc["verdict"] = verdict(doc, thresholds, doc["drift_vs_floor"])
     return doc
+
+
+def _localize(pair: PairDiff, prompt_id: str, pos: int, sample: int) -> str:
+    """The `rig layers` command that explains one split or spike (docs/layers.md)."""
+    from rig.localize.targets import command_line
+
+    return command_line(pair.a.path, pair.b.path, prompt_id, pos, sample)
 
 
 def clean(o: Any) -> Any:

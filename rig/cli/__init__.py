@@ -69,9 +69,9 @@ def main() -> None:
 
 def _register() -> None:
     """Adds every command group's commands (each module imports only click and light modules at import time)."""
-    from rig.cli import demo, diff, env, run, show, verify
+    from rig.cli import compare, demo, diff, env, layers, run, show, suite_import, verify
 
-    for module in (run, show, diff, env, demo, verify):
+    for module in (run, show, diff, env, demo, verify, layers, suite_import, compare):
         for command in module.COMMANDS:
             main.add_command(command)
     from kernels_check.cli import kernels_command  # the top-level package of kernel checks (imports only click)

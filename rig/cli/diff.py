@@ -137,13 +137,17 @@ def diff_command(
 @click.option(
     "--kernels", "kernels_json", type=RunPath, multiple=True, help="A `rig kernels --json` file: adds its table."
 )
-def report_command(runs, output, scored, floor, tau, force, max_prompts, kernels_json):
+@click.option(
+    "--layers", "layers_json", type=RunPath, multiple=True, help="A `rig layers --json` file: adds its heatmaps."
+)
+def report_command(runs, output, scored, floor, tau, force, max_prompts, kernels_json, layers_json):
     """Write one self-contained HTML report (no network needed) comparing RUNS against the first."""
     from rig.report.html import build_report
     from rig.report.terminal import progress_bar
 
     try:
         sections = [("Kernels: " + p.name, _kernels_section(p)) for p in kernels_json]
+        sections += [("Layers: " + p.name, _layers_section(p)) for p in layers_json]
         with progress_bar(Console(stderr=True)) as progress:
             path = build_report(
                 runs,
@@ -161,19 +165,31 @@ def report_command(runs, output, scored, floor, tau, force, max_prompts, kernels
     click.echo(f"wrote {path}")
 
 
-def _kernels_section(path: Path) -> str:
-    """The HTML table of a `rig kernels --json` document; UserError for a file that is not one."""
+def _read_json(path: Path, marker: str, command: str) -> dict:
+    """A JSON document written by `command --json` (it carries the field `marker`); UserError for anything else."""
     import json
-
-    from kernels_check import report_html
 
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(doc, dict) or "rig_kernels" not in doc:
-        raise UserError(f"{path}: not a `rig kernels --json` document (no 'rig_kernels' field)")
-    return report_html(doc)
+    if not isinstance(doc, dict) or marker not in doc:
+        raise UserError(f"{path}: not a `{command} --json` document (no {marker!r} field)")
+    return doc
+
+
+def _kernels_section(path: Path) -> str:
+    """The HTML table of a `rig kernels --json` document."""
+    from kernels_check import report_html
+
+    return report_html(_read_json(path, "rig_kernels", "rig kernels"))
+
+
+def _layers_section(path: Path) -> str:
+    """The heatmaps of a `rig layers --json` document (its own <section>, so no extra wrapper title is added)."""
+    from rig.report.layers_html import layers_section
+
+    return layers_section(_read_json(path, "rig_layers", "rig layers"))
 
 
 COMMANDS = (diff_command, report_command)

@@ -295,19 +295,29 @@ def verdict_section(pairs: list[PairDiff], floor_pair: PairDiff | None) -> str:
                 fmt(s["logprob_a"]),
                 fmt(s["logprob_b"]),
                 fmt(s["abs_delta"]),
+                _Raw(f"<code>{escape(s['localize'])}</code>"),
             ]
             for s in spikes[:10]
         ]
         spike_html = (
-            f"<p>{len(spikes)} spike(s) on identical prefixes (largest first; localize with "
-            "the entry points for per-layer localization):</p>"
-            + _table(("prompt", "sample", "pos", "token", "logprob A", "logprob B", "|delta|"), spike_rows)
+            f"<p>{len(spikes)} spike(s) on identical prefixes (largest first), each with the command that opens it "
+            "layer by layer:</p>"
+            + _table(("prompt", "sample", "pos", "token", "logprob A", "logprob B", "|delta|", "localize"), spike_rows)
             if spikes
+            else ""
+        )
+        splits = [r for r in doc["sequences"] if r.get("localize")]
+        split_html = (
+            f"<details><summary>localize the {len(splits)} split(s) below the token (layer, block, router)</summary>"
+            + "".join(f"<div><code>{escape(r['localize'])}</code></div>" for r in splits[:40])
+            + "</details>"
+            if splits
             else ""
         )
         items.append(
             f'<p><b>{escape(p.a.name)} vs {escape(p.b.name)}</b>: <span class="{cls}">{escape(v["line"])}</span></p>'
             f'<p class="meta">tau {fmt(doc["tau"])} nats: {escape(str(doc.get("tau_reason")))}</p>{spike_html}'
+            f"{split_html}"
         )
     return f"<section><h2>Verdict</h2>{''.join(items)}</section>"
 

@@ -170,6 +170,7 @@ def print_sequences(console: Console, rows: list[dict[str, Any]], limit: int) ->
             ctx,
         )
     console.print(t)
+    _print_localize(console, [r for r in div[:limit] if r.get("localize")], "a split")
 
 
 TASK_COLUMNS = (
@@ -242,6 +243,15 @@ def print_spikes(console: Console, spikes: list[dict[str, Any]], limit: int = 10
             fmt(s["sequence_median_abs_delta"]),
         )
     console.print(t)
+    _print_localize(console, spikes[:limit], "a spike")
+
+
+def _print_localize(console: Console, items: list[dict[str, Any]], what: str, limit: int = 3) -> None:
+    """The `rig layers` commands that explain the first few splits or spikes (every one is in the JSON)."""
+    if items:
+        console.print(f"[dim]localize {what} below the token (layer, block, router decision):[/dim]")
+        for item in items[:limit]:
+            console.print(f"  {item['localize']}", soft_wrap=True, highlight=False)
 
 
 def print_verdict(console: Console, doc: dict[str, Any]) -> None:
