@@ -379,7 +379,19 @@ def test_cli_options_are_pinned():
         ]
     )
     assert names(report_command) == sorted(
-        ["runs", "-o", "--output", "--scored", "--floor", "--tau", "--force", "--max-prompts", "--kernels", "--layers"]
+        [
+            "runs",
+            "-o",
+            "--output",
+            "--scored",
+            "--floor",
+            "--tau",
+            "--force",
+            "--max-prompts",
+            "--kernels",
+            "--layers",
+            "--sweep",
+        ]
     )
 
 

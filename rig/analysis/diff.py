@@ -295,7 +295,7 @@ def _perturbed_margins(
     for j, i in enumerate(idx.tolist()):
         s = int(ia[i])
         pid, smp = a.prompt_ids[int(a.seq_prompt[s])], int(a.seq_sample[s])
-        g = gumbel_at(mode["seed"], pid, smp, int(d[i]), [int(tok_a[i]), int(tok_b[i])])
+        g = gumbel_at(mode["seed"], pid, smp, int(d[i]), [int(tok_a[i]), int(tok_b[i])], mode["noise"])
         m_a = own_a[j] - a_of_b[j] + t * (g[0] - g[1])
         m_b = own_b[j] - b_of_a[j] + t * (g[1] - g[0])
         out_a[i] = m_a if a_has_b[j] else abs(m_a)

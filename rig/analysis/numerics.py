@@ -77,12 +77,15 @@ def sampling_mode(manifest: dict[str, Any]) -> dict[str, Any]:
     coupled = s.get("coupled")
     if coupled is False:
         return {"mode": "sampled", "temperature": t}
+    from rig.stacks.sampling import generator_of
+
     return {
         "mode": "coupled",
         "temperature": t,
         "seed": int(s.get("seed") or 0),
         "top_k": s.get("top_k") or 0,
         "top_p": s.get("top_p") or 1.0,
+        "noise": generator_of(manifest.get("stack")),  # runs recorded before the generator was named: pcg64-v0
     }
 
 
@@ -93,12 +96,18 @@ def pair_mode(ma: dict[str, Any], mb: dict[str, Any]) -> dict[str, Any]:
     if a["mode"] == b["mode"] == "greedy":
         return {"mode": "greedy", "why": "both runs greedy"}
     if a["mode"] == b["mode"] == "coupled" and a == b:
-        return {**a, "why": "both runs coupled-sampled with the same seed, temperature, top-k and top-p"}
+        return {
+            **a,
+            "why": "both runs coupled-sampled with the same noise generator, seed, temperature, top-k and top-p",
+        }
     return {"mode": "sampled", "why": f"A is {a['mode']}, B is {b['mode']}; their noise is not shared", "a": a, "b": b}
 
 
-def gumbel_at(seed: int, prompt_id: str, sample: int, pos: int, tokens: list[int], vocab: int = 201088) -> np.ndarray:
-    """The coupled Gumbel noise of (seed, prompt, sample, position) at the given token IDs (float64)."""
-    from rig.stacks.sampling import gumbel_noise
+def gumbel_at(
+    seed: int, prompt_id: str, sample: int, pos: int, tokens: list[int], noise: str, vocab: int = 201088
+) -> np.ndarray:
+    """The coupled Gumbel noise of (seed, prompt, sample, position) at the given token IDs (float64), from the
+    generator the runs recorded (`noise`, rig.stacks.sampling: counter-v1 computes just those tokens)."""
+    from rig.stacks.sampling import gumbel_at_tokens
 
-    return gumbel_noise(seed, prompt_id, sample, pos, vocab)[np.asarray(tokens, dtype=np.int64)].astype(np.float64)
+    return gumbel_at_tokens(seed, prompt_id, sample, pos, tokens, generator=noise, vocab_size=vocab)

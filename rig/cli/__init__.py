@@ -3,8 +3,14 @@
     run.py      rig run, rig score, rig tiny-model        (options generated from RunSpec by options.py)
     diff.py     rig diff, rig report                      (rig.analysis decides, rig.report renders)
     show.py     rig show, rig suite show
+    suite_import.py  rig suite import                     (rig.evals: files and lm-eval tasks -> suites)
+    compare.py  rig compare                               (rig.compare: many endpoints, one provider page)
     env.py      rig env
     verify.py   rig verify                                (rig.run.verify checks every file of a run)
+    layers.py   rig layers                                (rig.localize: layer, block, router decision)
+    sweep.py    rig sweep                                 (rig.sweep: precision grids, locally or on Ray)
+    compare.py, suite_import.py   rig compare, rig suite import   (rig.compare, rig.evals)
+    kernels     rig kernels                               (the top-level kernels_check package)
     demo.py     rig demo
 
 Errors a user can cause (a malformed suite, an unknown model, runs that cannot be compared, a dead endpoint) end in
@@ -69,9 +75,9 @@ def main() -> None:
 
 def _register() -> None:
     """Adds every command group's commands (each module imports only click and light modules at import time)."""
-    from rig.cli import compare, demo, diff, env, layers, run, show, suite_import, verify
+    from rig.cli import compare, demo, diff, env, layers, run, show, suite_import, sweep, verify
 
-    for module in (run, show, diff, env, demo, verify, layers, suite_import, compare):
+    for module in (run, show, diff, env, demo, verify, layers, suite_import, compare, sweep):
         for command in module.COMMANDS:
             main.add_command(command)
     from kernels_check.cli import kernels_command  # the top-level package of kernel checks (imports only click)

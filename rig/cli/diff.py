@@ -140,7 +140,10 @@ def diff_command(
 @click.option(
     "--layers", "layers_json", type=RunPath, multiple=True, help="A `rig layers --json` file: adds its heatmaps."
 )
-def report_command(runs, output, scored, floor, tau, force, max_prompts, kernels_json, layers_json):
+@click.option(
+    "--sweep", "sweep_json", type=RunPath, multiple=True, help="A `rig sweep --json` file: adds its heatmap page."
+)
+def report_command(runs, output, scored, floor, tau, force, max_prompts, kernels_json, layers_json, sweep_json):
     """Write one self-contained HTML report (no network needed) comparing RUNS against the first."""
     from rig.report.html import build_report
     from rig.report.terminal import progress_bar
@@ -148,6 +151,7 @@ def report_command(runs, output, scored, floor, tau, force, max_prompts, kernels
     try:
         sections = [("Kernels: " + p.name, _kernels_section(p)) for p in kernels_json]
         sections += [("Layers: " + p.name, _layers_section(p)) for p in layers_json]
+        sections += [("Sweep: " + p.name, _sweep_section(p)) for p in sweep_json]
         with progress_bar(Console(stderr=True)) as progress:
             path = build_report(
                 runs,
@@ -183,6 +187,13 @@ def _kernels_section(path: Path) -> str:
     from kernels_check import report_html
 
     return report_html(_read_json(path, "rig_kernels", "rig kernels"))
+
+
+def _sweep_section(path: Path) -> str:
+    """The matrix and heatmaps of a `rig sweep --json` document."""
+    from rig.report.sweep_html import sweep_section
+
+    return sweep_section(_read_json(path, "rig_sweep", "rig sweep"))
 
 
 def _layers_section(path: Path) -> str:

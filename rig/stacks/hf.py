@@ -22,7 +22,7 @@ import numpy as np
 from rig.errors import UserError
 from rig.run.spec import to_transformers
 from rig.stacks.base import Request, SequenceResult, Stack, finish_reason, truncate_at_stop
-from rig.stacks.sampling import couple_logits
+from rig.stacks.sampling import couple_logits, record_noise
 from rig.testing.tiny import PAD_TOKEN_ID
 
 SCORE_CHUNK_TOKENS = 2048
@@ -153,6 +153,7 @@ class HFStack(Stack):
         else:
             mode, why = "native", "temperature > 0 with coupled sampling off: Transformers' own seeded sampler"
         self._mode = self.resolve("sampler", mode, why)
+        record_noise(self, mode)
         self._extra.update(
             {
                 "model_class": type(model).__name__,

@@ -31,7 +31,7 @@ import numpy as np
 from rig.errors import UserError
 from rig.run.spec import RunSpec, SamplingSpec, to_vllm
 from rig.stacks.base import Request, SequenceResult, Stack, finish_reason
-from rig.stacks.sampling import COUPLED_PROCESSOR, coupled_extra_args, request_seed
+from rig.stacks.sampling import COUPLED_PROCESSOR, coupled_extra_args, record_noise, request_seed
 
 # Environment variables recognized in --engine-arg NAME=VALUE: set in the worker's environment, not passed to LLM().
 ENV_PREFIXES = ("VLLM_", "CUDA_", "NCCL_", "OMP_", "MKL_", "KMP_", "TORCH_", "TRITON_", "FLASHINFER_", "HF_")
@@ -174,6 +174,7 @@ class VLLMStack(Stack):
             raise
         self._resolved.update(info["resolved"])
         self._mode = self.resolve("sampler", mode, why)
+        record_noise(self, mode)
         self._extra.update(info["extra"])
         self._extra.update(
             {
@@ -246,6 +247,7 @@ class VLLMStack(Stack):
             raise UserError("this vLLM engine was started without the coupled logits processor; load a coupled spec")
         self.spec = spec
         self._mode = self.resolve("sampler", mode, why)
+        record_noise(self, mode)
         self._extra["sampling_params"] = to_vllm(spec)
 
     # ---- requests ---------------------------------------------------------------------------------------------

@@ -1,10 +1,15 @@
-"""Coupled sampling inside vLLM: a logits processor that adds the rig's shared Gumbel noise.
+"""Coupled sampling inside vLLM: a logits processor that adds the rig's shared Gumbel noise to the whole batch.
 
 vLLM's own sampler draws from its own random stream, so vLLM and Transformers diverge at the first sampled token even
-when their logits agree. This processor makes vLLM sample the way `rig.stacks.hf` does: it replaces each row of logits
-by `rig.stacks.sampling.couple_logits` (logits / T, top-k and top-p masks, plus Gumbel noise keyed by (seed, prompt
-id, sample,
-position)), and the request runs at temperature 0, so vLLM's greedy argmax picks the coupled sample.
+when their logits agree. This processor makes vLLM sample the way `rig.stacks.hf` does: it replaces the logits of
+each coupled request by `rig.stacks.sampling.couple_rows` (logits / T, top-k and top-p masks, plus the counter-based
+Gumbel noise keyed by (seed, prompt id, sample, position), rig.stacks.noise), and the request runs at temperature 0,
+so vLLM's greedy argmax picks the coupled sample.
+
+It is a batch-level `LogitsProcessor`, not a per-request adapter: the noise of all coupled rows is generated in one
+pass on the logits' device (rows grouped by temperature, top-k and top-p), so its cost does not grow with the number
+of Python calls per step. Per request it keeps the key chain over (seed, prompt id, sample) and a reference to the
+request's output token list, whose length is the position.
 
 vLLM computes the logprobs it returns (logprobs_mode "raw_logprobs") before any logits processor runs, so the recorded
 log-probabilities stay raw. The processor is declared not argmax-invariant, which makes vLLM apply it before the greedy
@@ -17,13 +22,16 @@ This module imports vLLM and torch: only the engine's process (the rig's vLLM wo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from rig.stacks.sampling import COUPLED_FIELDS, COUPLED_PREFIX, COUPLED_PROCESSOR, couple_logits, coupled_extra_args
+from rig.stacks.noise import row_keys_from_bases, sequence_base
+from rig.stacks.sampling import COUPLED_FIELDS, COUPLED_PREFIX, COUPLED_PROCESSOR, couple_rows, coupled_extra_args
 
 PREFIX, FIELDS = COUPLED_PREFIX, COUPLED_FIELDS
 PROCESSOR_FQCN = COUPLED_PROCESSOR
@@ -39,33 +47,25 @@ def _settings(extra_args: dict[str, Any] | None) -> dict[str, Any] | None:
     return {f: extra_args[PREFIX + f] for f in FIELDS}
 
 
-class _RequestCoupler:
-    """Per-request callable: (tokens generated so far, logits row) -> perturbed logits row."""
+@dataclass
+class _Row:
+    """One coupled request in the persistent batch."""
 
-    def __init__(self, cfg: dict[str, Any]):
-        self.seed = int(cfg["seed"])
-        self.prompt_id = str(cfg["prompt_id"])
-        self.sample = int(cfg["sample"])
-        self.temperature = float(cfg["temperature"])
-        self.top_k = int(cfg["top_k"])
-        self.top_p = float(cfg["top_p"])
+    base: tuple[int, int]  # the key chains over (seed, prompt id, sample): rig.stacks.noise.sequence_base
+    sampling: tuple[float, int, float]  # (temperature, top_k, top_p)
+    output_ids: list[int]  # vLLM's running list of this request's generated tokens: its length is the position
 
-    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-        # The position is the number of tokens this request has generated so far (not the engine's step counter).
-        pos = len(output_ids)
-        out = couple_logits(
-            logits[None, :],
-            [(self.prompt_id, self.sample, pos)],
-            seed=self.seed,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-        )[0]
-        return out.to(logits.dtype)
+    @classmethod
+    def from_settings(cls, cfg: dict[str, Any], output_ids: list[int]) -> _Row:
+        base = sequence_base(int(cfg["seed"]), str(cfg["prompt_id"]), int(cfg["sample"]))
+        return cls(base, (float(cfg["temperature"]), int(cfg["top_k"]), float(cfg["top_p"])), output_ids)
 
 
-class RigCoupledLogitsProcessor(AdapterLogitsProcessor):
-    """Applies `rig.stacks.sampling.couple_logits` to requests whose extra_args carry the rig_coupled_* settings."""
+class RigCoupledLogitsProcessor(LogitsProcessor):
+    """Applies `rig.stacks.sampling.couple_rows` to the rows whose requests carry the rig_coupled_* settings."""
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
+        self.rows: dict[int, _Row] = {}  # batch index -> coupled request
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -80,6 +80,39 @@ class RigCoupledLogitsProcessor(AdapterLogitsProcessor):
     def is_argmax_invariant(self) -> bool:
         return False
 
-    def new_req_logits_processor(self, params: SamplingParams) -> _RequestCoupler | None:
-        cfg = _settings(params.extra_args)
-        return _RequestCoupler(cfg) if cfg else None
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        """Follows the persistent batch: removed, then added, then moved (BatchUpdate's documented order)."""
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.rows.pop(index, None)
+        for index, params, _prompt_ids, output_ids in batch_update.added:
+            cfg = _settings(params.extra_args)
+            if cfg is None:
+                self.rows.pop(index, None)
+            else:
+                self.rows[index] = _Row.from_settings(cfg, output_ids)
+        for a, b, direction in batch_update.moved:
+            row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
+            if row_a is not None:
+                self.rows[b] = row_a
+            if row_b is not None and direction == MoveDirectionality.SWAP:
+                self.rows[a] = row_b
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        groups: dict[tuple[float, int, float], list[int]] = {}
+        for index, row in self.rows.items():
+            groups.setdefault(row.sampling, []).append(index)
+        for (temperature, top_k, top_p), indices in groups.items():
+            indices.sort()
+            rows = [self.rows[i] for i in indices]
+            bases = np.asarray([r.base for r in rows], dtype=np.uint64)
+            k0, k1 = row_keys_from_bases(bases, np.asarray([len(r.output_ids) for r in rows], dtype=np.uint64))
+            if len(indices) == logits.shape[0]:  # every row, one setting: the new tensor is the answer
+                return couple_rows(logits, k0, k1, temperature=temperature, top_k=top_k, top_p=top_p).to(logits.dtype)
+            idx = torch.as_tensor(indices, dtype=torch.long, device=logits.device)
+            out = couple_rows(logits[idx], k0, k1, temperature=temperature, top_k=top_k, top_p=top_p)
+            logits[idx] = out.to(logits.dtype)
+        return logits
