@@ -75,9 +75,9 @@ def main() -> None:
 
 def _register() -> None:
     """Adds every command group's commands (each module imports only click and light modules at import time)."""
-    from rig.cli import compare, demo, diff, env, layers, run, show, suite_import, sweep, verify
+    from rig.cli import bisect, compare, demo, diff, env, layers, run, show, suite_import, sweep, verify
 
-    for module in (run, show, diff, env, demo, verify, layers, suite_import, compare, sweep):
+    for module in (run, show, diff, env, demo, verify, bisect, layers, suite_import, compare, sweep):
         for command in module.COMMANDS:
             main.add_command(command)
     from kernels_check.cli import kernels_command  # the top-level package of kernel checks (imports only click)
