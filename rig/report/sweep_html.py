@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from rig.report.assets import CSS
+from rig.report.terminal import fmt
 
 SWEEP_CSS = """
 table.heat td.v{text-align:right;font-variant-numeric:tabular-nums;min-width:64px}
@@ -37,15 +38,8 @@ def _colour(t: float | None) -> str:
 
 
 def _fmt(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
-    return escape(str(x))
+    """An escaped table cell at 3 significant digits (rig.report.terminal.fmt)."""
+    return escape(fmt(x, 3))
 
 
 def _scores(rows: list[dict[str, Any]], key: str, better: str | None) -> dict[str, float | None]:

@@ -183,21 +183,25 @@ def _validate(spec: RunSpec) -> None:
             raise UserError(f"invalid spec: {message}")
 
 
+def read_spec_file(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    """(the TOML table of a spec file, its name for messages); ({}, "spec") without a file. UserError when the file is
+    missing or not valid TOML."""
+    if path is None:
+        return {}, "spec"
+    try:
+        return tomllib.loads(Path(path).read_text()), str(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: spec file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+
+
 def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunSpec:
     """RunSpec from an optional TOML file, then overrides ("sampling.x" keys address the sampling table).
 
     Overrides whose value is None are ignored, so unset CLI flags leave the file's values alone.
     """
-    data: dict[str, Any] = {}
-    source = "spec"
-    if path is not None:
-        source = str(path)
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path}: spec file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{path}: not valid TOML ({exc})") from None
+    data, source = read_spec_file(path)
     data.setdefault("sampling", {})
     for key, value in (overrides or {}).items():
         if value is None:

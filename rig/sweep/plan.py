@@ -19,7 +19,6 @@ import dataclasses
 import itertools
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,16 +275,9 @@ def load_sweep_spec(
     The file is an ordinary spec file (docs/stacks.md) plus an optional `[grid]` table (`dtype = ["bfloat16",
     "float32"]`) and `[sweep]` table (`reference = {dtype = "float32"}`, `replicates = 2`).
     """
-    data: dict[str, Any] = {}
-    source = "spec"
-    if path is not None:
-        source = str(path)
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path}: spec file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{path}: not valid TOML ({exc})") from None
+    from rig.run.spec import read_spec_file
+
+    data, source = read_spec_file(path)
     grid = data.pop("grid", {}) or {}
     sweep = data.pop("sweep", {}) or {}
     if not isinstance(grid, dict) or not isinstance(sweep, dict):

@@ -12,19 +12,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rig.report.terminal import fmt as report_fmt
+
 VERDICT_STYLE = {0: "green", 1: "bold red", 2: "yellow"}
 
 
 def fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.0f}"
-    return str(x)
+    """A cell of the sweep matrix: rig's table format at 3 significant digits."""
+    return report_fmt(x, digits)
 
 
 def metric_text(row: dict[str, Any], key: str) -> str:
