@@ -1,9 +1,10 @@
 """Log-softmax plus top-K over gpt-oss's 201,088-token vocabulary: the step the rig itself uses to record logprobs.
 
 Why this exists: every number the rig reports passes through this reduction, in each stack's own form. If the
-recorder were off, every diff downstream would be off with it. The rig's capture ("rig-capture", the form
-rig.stacks.hf uses per generated step: torch.log_softmax(logits.float()) then topk) and its scorer ("rig-score",
-logsumexp and a subtraction) are implemented here so that a cheaper exact form can later be pointed at this check.
+recorder were off, every diff downstream would be off with it. "rig-capture" is rig.stacks.capture, the form
+rig.stacks.hf uses per generated step and per scored chunk: a blocked log-sum-exp and an exact blocked top-K of the
+raw logits (ties to the lower token id). "rig-log-softmax" is the form it replaced (one float32 log_softmax over the
+row, then torch.topk), kept so that the precision it gave up stays on record.
 
 Inputs: logits [N, V] (test dtype: what the model emits), k (int).
 Output: (logprobs [N, V] float32, top-K logprobs [N, k] float32 in descending order, their token ids [N, k]).
@@ -25,22 +26,23 @@ TOP_K = 20
 
 
 def rig_logprobs_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The rig's per-step capture: one fused float32 log-softmax over the vocabulary, then its top-k.
+    """The rig's capture (rig.stacks.capture): logit minus a blocked log-sum-exp, exact top-k of the raw logits.
 
-    Returns (logprobs [N, V] float32, top-k logprobs [N, k], ids [N, k]); the chosen token's logprob is a gather
-    from the first.
+    Returns (logprobs [N, V] float32, top-k logprobs [N, k], ids [N, k]); the chosen token's logprob is its raw
+    logit minus the same log-sum-exp.
     """
+    from rig.stacks.capture import capture_rows
+
+    x = logits.float()
+    norm, values, ids = capture_rows(x, k)
+    return norm.logprobs(x), values, ids
+
+
+def log_softmax_logprobs_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The capture the rig used before rig.stacks.capture: one float32 log-softmax over the row, then its top-k."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     values, ids = torch.topk(logprobs, k, dim=-1)
     return logprobs, values, ids
-
-
-def rig_score_logprobs_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The rig's teacher-forced scorer: float32 logsumexp, top-k of the raw logits, each minus the logsumexp."""
-    x = logits.float()
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)
-    values, ids = torch.topk(x, k, dim=-1)
-    return x - lse, values - lse, ids
 
 
 def logprobs_cases(dtype: str, quick: bool) -> list[Case]:
@@ -139,15 +141,15 @@ def implementations(device: str) -> list[Impl]:
             "rig",
             tv,
             lambda d: rig_logprobs_topk,
-            note="kernels_check.logprobs.rig_logprobs_topk: the rig's per-step capture",
+            note="rig.stacks.capture: blocked log-sum-exp, exact blocked top-k (per generated step and scored chunk)",
         ),
         Impl(
-            "rig-score",
+            "rig-log-softmax",
             "logprobs",
             "rig",
             tv,
-            lambda d: rig_score_logprobs_topk,
-            note="kernels_check.logprobs.rig_score_logprobs_topk: the rig's teacher-forced scorer",
+            lambda d: log_softmax_logprobs_topk,
+            note="the capture before rig.stacks.capture: float32 log_softmax over the row, then torch.topk",
         ),
         Impl(
             "vllm-Sampler.compute_logprobs",

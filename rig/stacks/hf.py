@@ -22,6 +22,7 @@ import numpy as np
 from rig.errors import UserError
 from rig.run.spec import to_transformers
 from rig.stacks.base import Request, SequenceResult, Stack, finish_reason, truncate_at_stop
+from rig.stacks.capture import RowCapture
 from rig.stacks.sampling import couple_logits, record_noise
 from rig.testing.tiny import PAD_TOKEN_ID
 
@@ -31,9 +32,12 @@ SCORE_CHUNK_TOKENS = 2048
 class _Capture:
     """LogitsProcessor that records raw logprobs and top-K per step (and applies coupled noise when asked).
 
-    The chosen token of step t is read from input_ids at step t + 1 (and from the final sequences after the last
-    step), so the recorded logprob is that of the token Transformers actually appended, whatever chose it. Only the
-    previous step's log-softmax row is held (one step, never the whole generation's).
+    Per step it computes each row's log-sum-exp and exact top-K of the raw logits (rig.stacks.capture: no
+    vocabulary-sized sort, copy or dtype conversion) and keeps K ids and logprobs. The chosen token of step t is read
+    from input_ids at step t + 1 (and from the final sequences after the last step), so the recorded logprob is that
+    of the token Transformers actually appended, whatever chose it: its raw logit minus the step's log-sum-exp. Only
+    the previous step's raw logits are held (a reference to the tensor generate passed in, which Transformers'
+    processors never modify in place), never the whole generation's.
     """
 
     def __init__(self, k: int, keys: list[tuple[str, int]], spec: Any, mode: str):
@@ -42,22 +46,20 @@ class _Capture:
         self.chosen_lp: list[Any] = []  # [B] per step, filled one step late
         self.top_ids: list[Any] = []
         self.top_lps: list[Any] = []
-        self._prev: Any = None  # the last step's log-softmax row [B, V] (held until its token is known)
+        self._rows = RowCapture(k)
+        self._prev: Any = None  # the last step's raw logits [B, V] and their LogNorm, until its token is known
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
         if self._prev is not None:
             self._gather(input_ids[:, -1])
-        raw = scores.float()
-        # One fused log-softmax pass is cheaper on the CPU than logsumexp plus a subtraction, and its top-K are
-        # already log-probabilities.
-        logprobs = torch.log_softmax(raw, dim=-1)
+        raw = scores if scores.dtype == torch.float32 else scores.float()
+        norm, top_lps, top_ids = self._rows(raw)
         if self.k:
-            v, i = torch.topk(logprobs, self.k, dim=-1)
-            self.top_ids.append(i.to(torch.int32))
-            self.top_lps.append(v)
-        self._prev = logprobs
+            self.top_ids.append(top_ids.to(torch.int32))
+            self.top_lps.append(top_lps)
+        self._prev = (raw, norm)
         self.step += 1
         if self.mode == "coupled":
             s = self.spec.sampling
@@ -66,7 +68,8 @@ class _Capture:
         return scores
 
     def _gather(self, tokens: Any) -> None:
-        self.chosen_lp.append(self._prev.gather(-1, tokens[:, None]).squeeze(-1))
+        raw, norm = self._prev
+        self.chosen_lp.append(norm.logprobs(raw.gather(-1, tokens[:, None]).squeeze(-1)))
         self._prev = None
 
     def finish(self, last_tokens: Any) -> None:
@@ -259,6 +262,7 @@ class HFStack(Stack):
         import torch
 
         k = self.spec.logprobs
+        rows = RowCapture(k)
         results = []
         for r in requests:
             t0 = time.perf_counter()
@@ -278,13 +282,12 @@ class HFStack(Stack):
                     if lo >= hi:
                         continue
                     logits = out.logits[0, lo:hi].float()
-                    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+                    norm, top_lps, top_ids = rows(logits)
                     target = seq[0, start + lo + 1 : start + hi + 1]
-                    lps.append((logits.gather(-1, target[:, None]) - lse).squeeze(-1))
+                    lps.append(norm.logprobs(logits.gather(-1, target[:, None]).squeeze(-1)))
                     if k:
-                        v, i = torch.topk(logits, k, dim=-1)
-                        tids.append(i.to(torch.int32))
-                        tlps.append(v - lse)
+                        tids.append(top_ids.to(torch.int32))
+                        tlps.append(top_lps)
             n = len(cont)
             results.append(
                 SequenceResult(
