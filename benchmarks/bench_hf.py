@@ -53,6 +53,14 @@ def main() -> None:
     before = machine()
     results = {}
     orig_call, orig_finish = hf._Capture.__call__, hf._Capture.finish
+    in_step = [0.0]  # seconds inside the rig's logits processor, summed
+
+    def timed_call(self, input_ids, scores):  # Transformers checks a processor's signature: no extra params
+        t = time.perf_counter()
+        out = orig_call(self, input_ids, scores)
+        in_step[0] += time.perf_counter() - t
+        return out
+
     for k in args.k:
         spec = RunSpec(
             model=args.model,
@@ -66,13 +74,6 @@ def main() -> None:
         batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
 
         kept: list[int] = []
-        in_step = [0.0]
-
-        def timed_call(self, input_ids, scores):  # Transformers checks a processor's signature: no extra params
-            t = time.perf_counter()
-            out = orig_call(self, input_ids, scores)
-            in_step[0] += time.perf_counter() - t
-            return out
 
         def finish(self, last, _orig=orig_finish, _kept=kept):
             _orig(self, last)

@@ -4,16 +4,15 @@ What it answers: how much wall time the rig adds around vLLM (target: at most 5%
 engine in the same worker process (started once; its start is excluded), the same batches of `--batch-size` prompts
 and the same SamplingParams (built by the same code). The bare path times `LLM.generate` inside the worker and leaves
 its outputs unconverted; the rig path is the whole `execute()` timed in the parent: the pipe round trip, the NumPy
-conversion, Parquet parts, completions (decoded text and harmony channels) and the manifest. Repeats alternate the two
-paths; medians and minima (the least disturbed repeat on a shared machine) are compared. Because other load on the
-machine moves whole repeats, the rig path is also split within each run: wall time of `execute()` minus the summed
-`LLM.generate` time its worker reported for the same batches (`batch_s`) is the time the rig itself took. Telemetry is
-off (`--telemetry-hz 0`); its sampler is measured in
-bench_telemetry.py.
+conversion, Parquet parts, completions (decoded text and harmony channels), the environment and the manifest. The
+two paths alternate in pairs (A B, B A, ...; benchmarks/_common.py) and the overhead is the median of the per-pair
+ratios. Because other load on the machine moves whole repeats, the rig path is also split within each run: wall
+time of `execute()` minus the summed `LLM.generate` time its worker reported for the same batches (`batch_s`) is the
+time the rig itself took. Telemetry is off (`--telemetry-hz 0`); its sampler is measured in bench_telemetry.py.
 
-    .venv/bin/python benchmarks/bench_vllm.py --model /tmp/tiny1 [--repeats 3] [--max-new-tokens 64] [--batch-size 8]
+    .venv/bin/python benchmarks/bench_vllm.py --model models/tiny-gpt-oss [--pairs 5] [--max-new-tokens 64]
 
-Prints a table for people, then one JSON line for scripts.
+Prints the machine, a table for people, then one JSON line for scripts.
 """
 
 from __future__ import annotations
@@ -21,15 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ab_pairs, machine, print_machine  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/tiny-gpt-oss")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=5, help="A/B pairs (rig and bare, alternating)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--logprobs", type=int, default=20)
@@ -62,56 +66,65 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     stack.generate(batches[0])  # warm-up (first-call kernel setup), excluded
 
-    bare_s, rig_s, inner_s, tokens = [], [], [], 0
+    before = machine()
+    inner_s: list[float] = []
+    rig_own_s: list[float] = []
+    tokens = [0]
     with tempfile.TemporaryDirectory() as tmp:
+        runs = iter(range(10**6))
+
+        def rig_path():
+            t0 = time.perf_counter()
+            out = runner.execute(spec, Path(tmp) / f"r{next(runs)}", suite=suite, telemetry_hz=0, stack=stack)
+            wall = time.perf_counter() - t0
+            per_part = {c["part"]: c["timings"]["batch_s"] for c in RunReader(out).completions}
+            inner_s.append(sum(per_part.values()))
+            rig_own_s.append(wall - inner_s[-1])
+
+        def bare_path():
+            tokens[0] = sum(stack.generate_bare(b)["tokens"] for b in batches)
+
         try:
-            for i in range(args.repeats):
-                t0 = time.perf_counter()
-                tokens = sum(stack.generate_bare(b)["tokens"] for b in batches)
-                bare_s.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                out = runner.execute(spec, Path(tmp) / f"r{i}", suite=suite, telemetry_hz=0, stack=stack)
-                rig_s.append(time.perf_counter() - t0)
-                per_part = {c["part"]: c["timings"]["batch_s"] for c in RunReader(out).completions}
-                inner_s.append(sum(per_part.values()))
+            pairs = ab_pairs(rig_path, bare_path, args.pairs, warmup=False)
         finally:
             stack.close()
-
-    bare, rig = statistics.median(bare_s), statistics.median(rig_s)
-    overhead = (rig - bare) / rig
-    overhead_min = (min(rig_s) - min(bare_s)) / min(rig_s)
-    split = statistics.median((r - g) / r for r, g in zip(rig_s, inner_s, strict=True))
+    after = machine()
+    summary = pairs.summary()
+    split = statistics.median(own / (own + inner) for own, inner in zip(rig_own_s, inner_s, strict=True))
+    bare = summary["b_median_s"]
     print(
         f"vLLM {stack.describe()['resolved']['vllm_version']['value']}, {len(suite.prompts)} prompts x "
         f"{args.max_new_tokens} tokens, batch {args.batch_size}, top-K {args.logprobs}, engine start {load_s:.1f} s "
-        f"(excluded), {args.repeats} repeats"
+        f"(excluded), {args.pairs} A/B pairs"
     )
+    print_machine(before, after)
+    steps = len(batches) * args.max_new_tokens
+    print(f"bare LLM.generate: {bare:.3f} s per run, {1e3 * bare / steps:.2f} ms per decode step of a batch")
     print(f"{'path':<34}{'median wall s':>14}{'tokens/s':>10}")
-    print(f"{'bare LLM.generate (in worker)':<34}{bare:>14.3f}{tokens / bare:>10.1f}")
-    print(f"{'rig runner.execute (parent)':<34}{rig:>14.3f}{tokens / rig:>10.1f}")
-    print(f"{'bare, fastest repeat':<34}{min(bare_s):>14.3f}{tokens / min(bare_s):>10.1f}")
-    print(f"{'rig, fastest repeat':<34}{min(rig_s):>14.3f}{tokens / min(rig_s):>10.1f}")
+    print(f"{'bare LLM.generate (in worker)':<34}{bare:>14.3f}{tokens[0] / bare:>10.1f}")
     print(
-        f"rig overhead (target <= 5%): medians {overhead * 100:.1f}%, fastest repeats {overhead_min * 100:.1f}%, "
-        f"within each rig run (execute wall - LLM.generate) {split * 100:.1f}%; worker exit code {stack.exit_code}"
+        f"{'rig runner.execute (parent)':<34}{summary['a_median_s']:>14.3f}{tokens[0] / summary['a_median_s']:>10.1f}"
+    )
+    print(
+        f"rig overhead (target <= 5%): median of pairs {summary['overhead_pct_median_of_pairs']:.1f}% "
+        f"(per pair: {', '.join(f'{x:.1f}' for x in summary['overhead_pct_per_pair'])}), within each rig run "
+        f"(execute wall - LLM.generate) {split * 100:.1f}% (median {statistics.median(rig_own_s):.3f} s); "
+        f"worker exit code {stack.exit_code}"
     )
     print(
         json.dumps(
             {
                 "bench": "vllm",
+                "machine_before": before,
+                "machine_after": after,
                 "prompts": len(suite.prompts),
                 "max_new_tokens": args.max_new_tokens,
                 "batch_size": args.batch_size,
                 "logprobs": args.logprobs,
-                "repeats": args.repeats,
-                "tokens": tokens,
-                "bare_s": [round(x, 3) for x in bare_s],
-                "rig_s": [round(x, 3) for x in rig_s],
-                "bare_median_s": round(bare, 3),
-                "rig_median_s": round(rig, 3),
-                "overhead": round(overhead, 4),
-                "overhead_fastest": round(overhead_min, 4),
-                "overhead_within_run": round(split, 4),
+                "tokens": tokens[0],
+                **summary,
+                "overhead_within_run_pct": round(100 * split, 2),
+                "rig_own_s": [round(x, 3) for x in rig_own_s],
                 "generate_in_rig_s": [round(x, 3) for x in inner_s],
                 "load_s": round(load_s, 1),
                 "worker_exit_code": stack.exit_code,

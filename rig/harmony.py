@@ -45,9 +45,14 @@ def parse_channels(token_ids: list[int] | tuple[int, ...] | np.ndarray) -> dict[
     A completion cut off mid-message still yields what was parsed before the cut; one that does not follow the harmony
     format (a tiny random model's output, say) yields None for both.
     """
+    channels: dict[str, str | None] = {"analysis": None, "final": None}
+    # A channel is named only in a message header, after <|channel|>: without that token no text has a channel.
+    # (Harmony's streaming parser spends ~30 us a token on output that is not harmony, like a random model's.)
+    if not np.any(np.asarray(token_ids, dtype=np.int64) == CHANNEL):
+        return channels
+
     from openai_harmony import Role, StreamableParser
 
-    channels: dict[str, str | None] = {"analysis": None, "final": None}
     parser = StreamableParser(encoding(), Role.ASSISTANT)
     try:
         for t in token_ids:

@@ -111,3 +111,28 @@ def test_parse_channels_splits_analysis_and_final():
     assert parse_channels(ids) == {"analysis": "Think.", "final": "Answer."}
     cut = enc.encode("<|channel|>analysis<|message|>Still thinking", allowed_special="all")
     assert parse_channels(cut) == {"analysis": "Still thinking", "final": None}
+
+
+def test_parse_channels_shortcut_without_a_channel_token_agrees_with_the_parser():
+    """Output with no <|channel|> token skips harmony's parser; the parser itself gives the same answer."""
+    import numpy as np
+    from openai_harmony import Role, StreamableParser
+
+    from rig.harmony import CHANNEL
+    from rig.harmony import encoding as harmony_encoding
+
+    rng = np.random.default_rng(3)
+    enc = harmony_encoding()
+    samples = [rng.integers(0, 201_088, 64) for _ in range(5)]
+    samples.append(np.asarray(enc.encode("<|start|>assistant<|message|>No channel.<|end|>", allowed_special="all")))
+    for ids in samples:
+        ids = ids[ids != CHANNEL]
+        parser = StreamableParser(enc, Role.ASSISTANT)
+        try:
+            for t in ids:
+                parser.process(int(t))
+        except Exception:  # noqa: BLE001 - what parse_channels tolerates
+            pass
+        assert all(getattr(m, "channel", None) is None for m in parser.messages)
+        assert parser.current_channel is None
+        assert parse_channels(ids) == {"analysis": None, "final": None}

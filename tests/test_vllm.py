@@ -110,6 +110,33 @@ def test_score_of_own_output_matches_generation(engine, greedy_runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_pipelined_batches_record_the_same_run(engine, greedy_runs, tmp_path):
+    """On a GPU the runner writes batch i while the worker computes batch i + 1 (rig.stacks.vllm submit); the CPU
+    engine runs unpipelined and says why. Forced on here, the pipelined path records the same run, part by part,
+    generation and scoring alike."""
+    resolved = greedy_runs[0].manifest["stack"]["resolved"]["pipelining"]
+    assert resolved["value"] is False and "CPU" in resolved["reason"]
+    suite = load_suite("default")
+    spec = engine.spec.replace(batch_size=8)  # 4 batches: three overlapped writes and a last one
+    engine._pipelined = True
+    try:
+        piped = RunReader(runner.execute(spec, tmp_path / "p", suite=suite, telemetry_hz=0, stack=engine))
+        engine._pipelined = False
+        plain = RunReader(runner.execute(spec, tmp_path / "q", suite=suite, telemetry_hz=0, stack=engine))
+        engine._pipelined = True
+        scored = RunReader(runner.execute(spec, tmp_path / "s", source=piped, telemetry_hz=0, stack=engine))
+    finally:
+        engine._pipelined = False
+    assert piped.manifest["status"] == "complete" and len(piped.manifest["parts_plan"]) == 4
+    for col in ("prompt_id", "sample", "pos", "token_id", "logprob", "topk_ids", "topk_logprobs"):
+        assert piped.tokens().column(col).equals(plain.tokens().column(col)), col
+    assert [c["prompt_id"] for c in piped.completions] == [c["prompt_id"] for c in plain.completions]
+    np.testing.assert_array_equal(
+        scored.tokens().column("token_id").to_numpy(), piped.tokens().column("token_id").to_numpy()
+    )
+
+
+@pytest.mark.slow
 def test_describe_records_what_the_engine_resolved(engine, greedy_runs):
     stack = greedy_runs[0].manifest["stack"]
     assert stack["stack"] == "vllm"

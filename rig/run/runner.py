@@ -221,18 +221,39 @@ def _run_batches(
     rec: Any,
     progress: Callable[[int, int], None] | None,
 ) -> None:
-    """Generates (or scores) every batch not already on disk and writes each as one part."""
-    for index, batch in enumerate(batches):
-        if index not in done:
-            if rec:
-                rec.mark("batch", index=index)
-            results = stack.score(batch) if kind == "score" else stack.generate(batch)
-            if rec:
-                rec.add_tokens(int(sum(len(r.token_ids) for r in results)))  # credited to this batch's phase
-                rec.mark("write", index=index)
-            writer.write_part(index, results, [completion_record(r) for r in results])
+    """Generates (or scores) every batch not already on disk and writes each as one part.
+
+    Batch i + 1 is submitted before batch i is written: a stack that works in another process (vLLM's worker)
+    computes while this process converts, decodes and writes, so the writing costs no engine time. Batch i is on
+    disk before the wait for batch i + 1 begins, so a failure there loses nothing already generated.
+    """
+    todo = [i for i in range(len(batches)) if i not in done]
+    total, finished = len(batches), len(batches) - len(todo)
+    if progress and finished:
+        progress(finished, total)
+
+    def write(index: int, results: list[Any]) -> None:
+        nonlocal finished
+        writer.write_part(index, results, [completion_record(r) for r in results])
+        finished += 1
         if progress:
-            progress(index + 1, len(batches))
+            progress(finished, total)
+
+    pending: tuple[int, list[Any]] | None = None
+    for index in todo:
+        if rec:
+            rec.mark("batch", index=index)
+        wait = stack.submit(batches[index], kind)
+        if pending is not None:  # written while this batch runs
+            write(*pending)
+        results = wait()
+        if rec:
+            rec.add_tokens(int(sum(len(r.token_ids) for r in results)))  # credited to this batch's phase
+        pending = (index, results)
+    if pending is not None:
+        if rec:
+            rec.mark("write", index=pending[0])
+        write(*pending)
 
 
 def _record_telemetry(writer: RunWriter, rec: Any, out: str | Path) -> None:

@@ -10,6 +10,7 @@ commonest cause of divergence.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,16 @@ class Stack(ABC):
     @abstractmethod
     def score(self, requests: list[Request]) -> list[SequenceResult]:
         """Teacher-forced scoring of each request's continuation, in request order."""
+
+    def submit(self, requests: list[Request], kind: str = "generate") -> Callable[[], list[SequenceResult]]:
+        """Start one batch (`kind` "generate" or "score") and return the function that waits for its results.
+
+        The runner writes the previous batch between the two calls. A stack whose work runs in another process
+        (vLLM's worker) sends the batch here, so that writing overlaps the engine's work; an in-process stack has
+        nothing to overlap and does the whole batch when the function is called (this default).
+        """
+        work = self.score if kind == "score" else self.generate
+        return lambda: work(requests)
 
     def describe(self) -> dict[str, Any]:
         return {"stack": self.name, "resolved": dict(self._resolved), **self._extra}

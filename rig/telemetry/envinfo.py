@@ -110,14 +110,33 @@ def _version(*dists: str) -> tuple[str | None, str | None]:
 
 
 def installed_packages() -> list[str]:
-    """Every installed distribution as "name==version", sorted by name; the first one on sys.path wins."""
+    """Every installed distribution as "name==version", sorted by name; the first one on sys.path wins.
+
+    Reads only the Name and Version header lines of each METADATA (PKG-INFO for eggs) instead of parsing the whole
+    file as an email message, which took ~0.2 s for a couple of hundred packages: a fixed cost on every run.
+    """
     seen: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        meta = dist.metadata
-        name = meta["Name"]
-        if name and re.sub(r"[-_.]+", "-", name).lower() not in seen:
-            seen[re.sub(r"[-_.]+", "-", name).lower()] = f"{name}=={meta['Version']}"
+        name, version = _name_version(dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "")
+        key = re.sub(r"[-_.]+", "-", name).lower() if name else ""
+        if key and key not in seen:
+            seen[key] = f"{name}=={version}"
     return [seen[k] for k in sorted(seen)]
+
+
+def _name_version(metadata: str) -> tuple[str | None, str | None]:
+    """The Name and Version fields of a core-metadata header (it ends at the first blank line)."""
+    name = version = None
+    for line in metadata.splitlines():
+        if not line.strip():
+            break
+        if line.startswith("Name:") and name is None:
+            name = line[5:].strip()
+        elif line.startswith("Version:") and version is None:
+            version = line[8:].strip()
+        if name is not None and version is not None:
+            break
+    return name, version
 
 
 def _cpu_model() -> str | None:
