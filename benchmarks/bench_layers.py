@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import cpu_model  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -116,6 +119,8 @@ def main() -> None:
         print(f"{name:48s} {value:8.2f}")
     print(f"bytes kept per position: {best['bytes_per_position']} (logits row: {4 * best['architecture']['vocab']})")
     print(f"load average before/after: {best['load_before']} / {best['load_after']} on {os.cpu_count()} cores")
+    walls = [round(r["process_wall_s"], 2) for r in rows]
+    print(f"machine: {cpu_model()}; every repeat's wall s (fresh process): {walls}")
     print(
         json.dumps(
             {

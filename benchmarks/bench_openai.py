@@ -4,7 +4,9 @@ What it answers: how much throughput the rig gives up against a bare client (tar
 requests (the stack's own request bodies: token-ID prompt, logprobs=K, return_tokens_as_token_ids) with the same
 concurrency. The plain client is a thread pool with one keep-alive http.client connection per thread that parses the
 JSON and keeps nothing; the rig path is `rig.run.runner.execute` (batches of `--batch-size`, Parquet parts, completions,
-manifest) on a loaded stack. The server's start and the stack's load are excluded; repeats alternate the two paths.
+manifest) on a loaded stack. The server's start and the stack's load are excluded. Repeats run in pairs: each
+repeat times the plain client and every rig row back to back, the order flipping every repeat, and each rig row's
+figure is the median over repeats of plain / rig within the repeat (benchmarks/_common.py prints the machine).
 
     .venv/bin/python benchmarks/bench_openai.py --model /tmp/tiny1 [--base-url http://127.0.0.1:8000/v1]
         [--concurrency 8] [--batch-sizes 8,32] [--samples 2] [--max-new-tokens 32] [--repeats 3]
@@ -89,6 +91,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import machine, print_machine
+
     from rig.run import runner
     from rig.run.spec import RunSpec, SamplingSpec
     from rig.run.suite import load_suite
@@ -122,12 +127,17 @@ def main() -> None:
             body.update(prompt=list(r.prompt.token_ids), return_token_ids=True)
             bodies.append(body)
         plain_client(base_url, bodies[: args.concurrency], args.concurrency)  # warm-up, excluded
+        before = machine()
         for i in range(args.repeats):
-            rows.setdefault("plain", []).append(plain_client(base_url, bodies, args.concurrency))
-            for bs, stack in stacks.items():
+            steps = [("plain", None)] + [(f"rig batch {bs}", stack) for bs, stack in stacks.items()]
+            for name, stack in steps if i % 2 == 0 else steps[::-1]:
                 t0 = time.perf_counter()
-                runner.execute(stack.spec, tmp / f"r{bs}-{i}", suite=suite, telemetry_hz=0, stack=stack)
-                rows.setdefault(f"rig batch {bs}", []).append(time.perf_counter() - t0)
+                if stack is None:
+                    plain_client(base_url, bodies, args.concurrency)
+                else:
+                    runner.execute(stack.spec, tmp / f"r{name}-{i}", suite=suite, telemetry_hz=0, stack=stack)
+                rows.setdefault(name, []).append(time.perf_counter() - t0)
+        after = machine()
         for stack in stacks.values():
             stack.close()
     finally:
@@ -135,21 +145,25 @@ def main() -> None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
 
-    plain = statistics.median(rows["plain"])
     print(
         f"{len(requests)} requests x {args.max_new_tokens} tokens, concurrency {args.concurrency}, top-K "
-        f"{args.logprobs}, {args.repeats} repeats, server {first.describe()['server']['version']}"
+        f"{args.logprobs}, {args.repeats} paired repeats, server {first.describe()['server']['version']}"
     )
-    print(f"{'client':<16}{'median wall s':>14}{'seq/s':>8}{'tokens/s':>10}{'vs plain':>10}")
+    print_machine(before, after)
+    print(f"{'client':<16}{'median wall s':>14}{'seq/s':>8}{'tokens/s':>10}{'vs plain':>10}  (per repeat)")
     result = {}
     for name, walls in rows.items():
         w = statistics.median(walls)
+        ratios = [p / x for p, x in zip(rows["plain"], walls, strict=True)]
+        rel = statistics.median(ratios)
         result[name] = {
             "walls_s": [round(x, 3) for x in walls],
             "median_s": round(w, 3),
-            "relative": round(plain / w, 4),
+            "relative_median_of_pairs": round(rel, 4),
+            "relative_per_pair": [round(x, 4) for x in ratios],
         }
-        print(f"{name:<16}{w:>14.3f}{len(requests) / w:>8.2f}{n_tokens / w:>10.1f}{plain / w:>10.1%}")
+        per = ", ".join(f"{x:.0%}" for x in ratios)
+        print(f"{name:<16}{w:>14.3f}{len(requests) / w:>8.2f}{n_tokens / w:>10.1f}{rel:>10.1%}  ({per})")
     print("target: every rig row at least 90% of plain")
     print(
         json.dumps(
@@ -160,6 +174,8 @@ def main() -> None:
                 "concurrency": args.concurrency,
                 "logprobs": args.logprobs,
                 "repeats": args.repeats,
+                "machine_before": before,
+                "machine_after": after,
                 **result,
             }
         )
