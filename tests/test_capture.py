@@ -69,3 +69,15 @@ def test_log_sum_exp_survives_minus_infinity():
     x[1, ::3] = float("-inf")  # scattered masks
     norm = logsumexp_rows(x)
     torch.testing.assert_close(norm.lse.double(), torch.logsumexp(x.double(), dim=-1), rtol=0, atol=1e-5)
+
+
+def test_a_row_records_the_same_bits_alone_and_in_any_batch():
+    """The rig compares batch sizes: its own capture must not depend on what else is in the batch."""
+    g = torch.Generator().manual_seed(11)
+    rows = (torch.randn(8, 201_088, generator=g) * 3).to(torch.bfloat16).float()
+    alone = [capture_rows(rows[i : i + 1].clone(), 20) for i in range(8)]
+    for b in (2, 3, 8):
+        norm, lps, ids = capture_rows(rows[:b].clone(), 20)
+        for i in range(b):
+            assert torch.equal(lps[i], alone[i][1][0]) and torch.equal(ids[i], alone[i][2][0])
+            assert torch.equal(norm.rel[i], alone[i][0].rel[0])
