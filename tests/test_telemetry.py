@@ -7,10 +7,14 @@ for the exact powers, so the expected energies below are exact). A ManualClock m
 sampler thread, so sample counts are exact whatever the machine's load. scripts/gpu_smoke.sh checks the real NVML path.
 """
 
+import contextlib
 import importlib.metadata
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -364,6 +368,41 @@ def test_host_sampler_for_real(tmp_path):
     assert min(host.column("rss_mib").to_pylist()) > 0
     assert s["host"]["rss_mib_max"] > 0 and s["sampler"]["thread_cpu_s"] >= 0
     assert s["duration_s"] == pytest.approx(0.5, abs=0.3)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_host_sampler_finds_children_and_grandchildren():
+    code = "import subprocess, time; x = b'x' * (48 << 20); subprocess.Popen(['sleep', '30']); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    host, found = telemetry.HostSampler(), {}
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            host._next_refresh = 0.0  # list the children again at this read
+            row = host.read()
+            found = telemetry._descendants_from_scan(os.getpid())
+            done = len(found) >= 2 and len(host._children) >= 2 and row["rss_tree_mib"] - row["rss_mib"] >= 40
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert found[child.pid] == os.getpid() and any(ppid == child.pid for ppid in found.values())
+        if os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children"):
+            assert telemetry._descendants_from_task_files(os.getpid()) == found
+        assert set(host._children) == set(found)
+        assert row["rss_tree_mib"] - row["rss_mib"] >= 40  # the child's 48 MiB
+    finally:
+        host.close()
+        for pid in [p for p, ppid in found.items() if ppid == child.pid]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)  # the grandchild this test started
+        child.kill()
+        child.wait()
+    host = telemetry.HostSampler()
+    try:
+        host.read()
+        assert child.pid not in host._children
+    finally:
+        host.close()
 
 
 def test_record_trace_writes_what_replay_reads(tmp_path):

@@ -91,37 +91,62 @@ __all__ = [
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_LINUX = sys.platform.startswith("linux")
+_PROC = "/proc"
 
 
 # ---------------------------------------------------------------------------------------------------- host
 
 
+def _read_fd(path: str, size: int = 65536) -> bytes:
+    """The first `size` bytes of a file, by open-read-close of the descriptor (no Python file object)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 class _Proc:
-    """CPU seconds and RSS bytes of one process: two preads of kept-open /proc files on Linux, else psutil.
+    """CPU seconds and RSS bytes of one process: preads of its kept-open /proc/PID/stat and statm on Linux, else psutil.
 
     Kept-open files are several times cheaper than psutil's open-read-close per call, and they stay bound to the
-    process they were opened for (a dead process reads as an error, never as a reused pid).
+    process they were opened for (a dead process reads as an error, never as a reused pid). The RSS comes from statm,
+    as psutil's does: stat's RSS field is the kernel's approximate per-CPU counter on recent kernels (here it read
+    35 pages low; on a machine with many cores it can be off by far more). `ppid`: the parent the process was found
+    under; opening fails (ProcessLookupError) if the pid now names a process with another parent (the child ended
+    and its pid was reused between the listing and the open).
     """
 
-    def __init__(self, proc: Any):
-        self.proc, self.fds = proc, None
-        if sys.platform.startswith("linux"):
-            try:
-                self.fds = tuple(os.open(f"/proc/{proc.pid}/{name}", os.O_RDONLY) for name in ("stat", "statm"))
-            except OSError:
-                self.fds = None
+    __slots__ = ("fds", "pid", "proc")
+
+    def __init__(self, pid: int, proc: Any = None, ppid: int | None = None):
+        self.pid, self.proc, self.fds = pid, proc, None
+        if proc is not None:
+            return
+        self.fds = [os.open(f"{_PROC}/{pid}/stat", os.O_RDONLY)]
+        try:
+            self.fds.append(os.open(f"{_PROC}/{pid}/statm", os.O_RDONLY))
+            if ppid is not None and int(self._stat()[1]) != ppid:
+                raise ProcessLookupError(pid)
+        except BaseException:
+            self.close()
+            raise
+
+    def _stat(self) -> list[bytes]:
+        stat = os.pread(self.fds[0], 4096, 0)
+        if not stat:
+            raise ProcessLookupError(self.pid)
+        return stat[stat.rindex(b")") + 2 :].split()  # fields from "state" (3rd) on: ppid 4th, utime 14th, stime 15th
 
     def read(self) -> tuple[float, int]:
         """(user + system CPU seconds, RSS bytes); raises OSError or psutil.Error once the process is gone."""
         if self.fds is None:
             t = self.proc.cpu_times()
             return t.user + t.system, self.proc.memory_info().rss
-        stat = os.pread(self.fds[0], 4096, 0)
-        if not stat:
-            raise ProcessLookupError(self.proc.pid)
-        fields = stat[stat.rindex(b")") + 2 :].split()  # fields from "state" (3rd) on: utime is 14th, stime 15th
+        f = self._stat()
         rss_pages = int(os.pread(self.fds[1], 256, 0).split()[1])
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK, rss_pages * _PAGE_BYTES
+        return (int(f[11]) + int(f[12])) / _CLK_TCK, rss_pages * _PAGE_BYTES
 
     def close(self) -> None:
         for fd in self.fds or ():
@@ -130,38 +155,184 @@ class _Proc:
         self.fds = None
 
 
+def _descendants_from_task_files(root: int) -> dict[int, int]:
+    """{pid: parent pid} of every descendant of `root`, from /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN).
+
+    Costs a few reads per thread of the tree, whatever else runs on the machine. The kernel builds these lists
+    without freezing the tree, so a child forked or reparented during the walk can be missed: the next listing finds it.
+    """
+    found: dict[int, int] = {}
+    stack = [root]
+    while stack:
+        parent = stack.pop()
+        try:
+            tids = os.listdir(f"{_PROC}/{parent}/task")
+        except OSError:  # gone
+            continue
+        for tid in tids:
+            try:
+                data = _read_fd(f"{_PROC}/{parent}/task/{tid}/children")
+            except OSError:  # that thread ended
+                continue
+            for child in map(int, data.split()):
+                if child not in found and child != root:
+                    found[child] = parent
+                    stack.append(child)
+    return found
+
+
+def _descendants_from_scan(root: int) -> dict[int, int]:
+    """{pid: parent pid} of every descendant of `root`, from the parent pid in every /proc/PID/stat.
+
+    What psutil's children() does, without its file objects and Process objects: one open-read-close per process on
+    the machine, so its cost grows with the machine's process count (kernel threads included).
+    """
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir(_PROC):
+        if not name.isdigit():
+            continue
+        try:
+            stat = _read_fd(f"{_PROC}/{name}/stat", 4096)
+            ppid = int(stat[stat.rindex(b")") + 2 :].split(None, 2)[1])
+        except (OSError, ValueError, IndexError):  # gone, or an unreadable line
+            continue
+        kids.setdefault(ppid, []).append(int(name))
+    found: dict[int, int] = {}
+    stack = [root]
+    while stack:
+        parent = stack.pop()
+        for child in kids.get(parent, ()):
+            if child not in found and child != root:
+                found[child] = parent
+                stack.append(child)
+    return found
+
+
+class _CpuFreq:
+    """Mean current CPU frequency (MHz), as psutil.cpu_freq().current reports it, from kept-open files on Linux.
+
+    Linux: the "cpu MHz" lines of /proc/cpuinfo (what psutil reads on x86), else each cpufreq policy's
+    scaling_cur_freq (kHz); one pread per file, no glob, no open per call. Elsewhere: psutil.cpu_freq().
+    `unsupported`: why no frequency can be read here, else None.
+    """
+
+    def __init__(self, ps: Any):
+        self._ps, self._fds, self._cpuinfo, self._size = ps, [], None, 1 << 16
+        self.unsupported: str | None = None
+        if not _LINUX:
+            try:
+                if ps.cpu_freq() is None:
+                    self.unsupported = "psutil.cpu_freq() returned None"
+            except Exception as exc:  # psutil raises assorted OSErrors on odd kernels
+                self.unsupported = f"{type(exc).__name__}: {exc}"
+            return
+        try:
+            self._cpuinfo = os.open(f"{_PROC}/cpuinfo", os.O_RDONLY)
+            if self._from_cpuinfo() is not None:
+                return
+        except (OSError, ValueError):
+            pass
+        self.close()
+        import glob
+
+        for pattern in ("/sys/devices/system/cpu/cpufreq/policy[0-9]*", "/sys/devices/system/cpu/cpu[0-9]*/cpufreq"):
+            for path in glob.glob(pattern):
+                with contextlib.suppress(OSError):
+                    self._fds.append(os.open(f"{path}/scaling_cur_freq", os.O_RDONLY))
+            if self._fds:
+                break
+        try:
+            if self._from_sysfs() is not None:
+                return
+        except (OSError, ValueError):
+            pass
+        self.close()
+        self.unsupported = "no 'cpu MHz' line in /proc/cpuinfo and no readable cpufreq scaling_cur_freq"
+
+    def _from_cpuinfo(self) -> float | None:
+        while len(data := os.pread(self._cpuinfo, self._size, 0)) >= self._size:  # seq_file: read it whole
+            self._size *= 2
+        mhz = [float(line.split(b":", 1)[1]) for line in data.split(b"\n") if line[:7].lower() == b"cpu mhz"]
+        return sum(mhz) / len(mhz) if mhz else None
+
+    def _from_sysfs(self) -> float | None:
+        khz = [int(os.pread(fd, 64, 0)) for fd in self._fds]
+        return sum(khz) / len(khz) / 1000 if khz else None
+
+    def read(self) -> float | None:
+        """The mean current frequency in MHz, or None."""
+        if self.unsupported:
+            return None
+        try:
+            if self._cpuinfo is not None:
+                return self._from_cpuinfo()
+            if self._fds:
+                return self._from_sysfs()
+        except (OSError, ValueError):
+            return None
+        f = self._ps.cpu_freq()
+        return f.current if f is not None else None
+
+    def close(self) -> None:
+        for fd in (*self._fds, *(() if self._cpuinfo is None else (self._cpuinfo,))):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds, self._cpuinfo = [], None
+
+
 class HostSampler:
     """Host readings: this process and its children (e.g. vLLM's engine), and the whole system.
 
     proc_cpu_pct: CPU use of the process tree in % of one core (can exceed 100); sys_cpu_pct: all cores, 0-100;
     rss_mib / rss_tree_mib: resident memory of this process / of the process tree (MiB); cpu_freq_mhz: mean
-    current CPU frequency (MHz), read at most once a second (null between). Children are listed again every
-    `children_refresh_s`. CPU shares are measured against real time, whatever clock the recorder uses.
+    current CPU frequency (MHz), read at most once a second (null between). CPU shares are measured against real
+    time, whatever clock the recorder uses.
+
+    Per sample: preads of /proc/PID/stat and statm per process of the tree and one of /proc/stat. Children are listed
+    again every `children_refresh_s` and the frequency read every CPU_FREQ_PERIOD_S, each less often when one
+    listing or reading costs more than EXTRA_SHARE of a core over its period (listing children scans every process
+    on the machine where the kernel lacks /proc/PID/task/TID/children; /proc/cpuinfo grows with the core count), so
+    that a large machine does not raise the sampler's cost. A child found later has its CPU counted from then on.
     """
 
     COLUMNS = ("proc_cpu_pct", "sys_cpu_pct", "rss_mib", "rss_tree_mib", "cpu_freq_mhz")
     CPU_FREQ_PERIOD_S = 1.0
+    EXTRA_SHARE = 0.001  # at most 0.1% of one core each for listing children and for reading the frequency
 
     def __init__(self, children_refresh_s: float = 2.0):
         import psutil
 
         self._ps = psutil
-        self._self = _Proc(psutil.Process())
+        self._self = None
+        if _LINUX:
+            with contextlib.suppress(OSError):
+                self._self = _Proc(os.getpid())
+        if self._self is None:  # no /proc: psutil for everything
+            self._self = _Proc(os.getpid(), proc=psutil.Process())
+        self._list_children = self._psutil_children
+        if self._self.fds is not None:
+            task = f"{_PROC}/{os.getpid()}/task/{threading.get_native_id()}/children"
+            self._list_children = _descendants_from_task_files if os.path.exists(task) else _descendants_from_scan
         self._children: dict[int, list] = {}  # pid -> [_Proc, last cpu seconds or None]
         self._refresh_s = children_refresh_s
         self.unsupported: dict[str, str] = {}
         self._next_refresh = self._next_freq = 0.0
         self._stat_fd = None
         with contextlib.suppress(OSError):
-            self._stat_fd = os.open("/proc/stat", os.O_RDONLY) if sys.platform.startswith("linux") else None
+            self._stat_fd = os.open(f"{_PROC}/stat", os.O_RDONLY) if _LINUX else None
         self._last_wall = time.monotonic()
         self._last_self_cpu = self._self.read()[0]
         self._last_sys = self._sys_times()
+        self._freq = _CpuFreq(psutil)
+        if self._freq.unsupported:
+            self.unsupported["cpu_freq_mhz"] = self._freq.unsupported
+
+    def _psutil_children(self, root: int) -> dict[int, Any]:
+        """{pid: psutil.Process} of every descendant (where /proc cannot be read directly)."""
         try:
-            if psutil.cpu_freq() is None:
-                self.unsupported["cpu_freq_mhz"] = "psutil.cpu_freq() returned None"
-        except Exception as exc:  # psutil raises assorted OSErrors on odd kernels
-            self.unsupported["cpu_freq_mhz"] = f"{type(exc).__name__}: {exc}"
+            return {p.pid: p for p in self._self.proc.children(recursive=True)}
+        except self._ps.Error:
+            return {}
 
     def _sys_times(self) -> tuple[float, float]:
         """(busy, idle) CPU time of the whole system, in the kernel's units."""
@@ -172,27 +343,32 @@ class HostSampler:
         idle = t.idle + getattr(t, "iowait", 0.0)
         return sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0) - idle, idle
 
+    def _refresh_children(self) -> None:
+        live = self._list_children(self._self.pid)
+        for pid in set(self._children) - set(live):
+            self._children.pop(pid)[0].close()
+        for pid, ref in live.items():  # ref: the parent's pid (from /proc), or the child's psutil.Process
+            if pid not in self._children:
+                try:
+                    proc = _Proc(pid, proc=ref) if self._self.fds is None else _Proc(pid, ppid=ref)
+                except OSError:  # gone since the listing
+                    continue
+                self._children[pid] = [proc, None]
+
     def read(self) -> dict:
         """One row of COLUMNS; the CPU shares cover the time since the previous read."""
-        ps, wall = self._ps, time.monotonic()
+        wall = time.monotonic()
         if wall >= self._next_refresh:
-            self._next_refresh = wall + self._refresh_s
-            try:
-                live = {p.pid: p for p in self._self.proc.children(recursive=True)}
-            except ps.Error:
-                live = {}
-            for pid in set(self._children) - set(live):
-                self._children.pop(pid)[0].close()
-            for pid, p in live.items():
-                if pid not in self._children:
-                    self._children[pid] = [_Proc(p), None]
+            c0 = time.thread_time()
+            self._refresh_children()
+            self._next_refresh = wall + max(self._refresh_s, (time.thread_time() - c0) / self.EXTRA_SHARE)
         self_cpu, rss = self._self.read()
         cpu_delta_s, rss_tree = self_cpu - self._last_self_cpu, rss
         self._last_self_cpu = self_cpu
         for pid, entry in list(self._children.items()):
             try:
                 cpu, child_rss = entry[0].read()
-            except (OSError, ValueError, IndexError, ps.Error):
+            except (OSError, ValueError, IndexError, self._ps.Error):
                 self._children.pop(pid)[0].close()
                 continue
             rss_tree += child_rss
@@ -204,10 +380,10 @@ class HostSampler:
         self._last_sys = (busy, idle)
         dt, self._last_wall = wall - self._last_wall, wall
         freq = None
-        if "cpu_freq_mhz" not in self.unsupported and wall >= self._next_freq:
-            self._next_freq = wall + self.CPU_FREQ_PERIOD_S
-            f = ps.cpu_freq()
-            freq = f.current if f is not None else None
+        if wall >= self._next_freq and "cpu_freq_mhz" not in self.unsupported:
+            c0 = time.thread_time()
+            freq = self._freq.read()
+            self._next_freq = wall + max(self.CPU_FREQ_PERIOD_S, (time.thread_time() - c0) / self.EXTRA_SHARE)
         return {
             "proc_cpu_pct": 100.0 * cpu_delta_s / dt if dt > 0 else None,
             "sys_cpu_pct": 100.0 * d_busy / (d_busy + d_idle) if d_busy + d_idle > 0 else None,
@@ -222,6 +398,7 @@ class HostSampler:
             entry[0].close()
         self._children.clear()
         self._self.close()
+        self._freq.close()
         if self._stat_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._stat_fd)
@@ -256,6 +433,47 @@ def _visible(devices: list[dict], env: dict) -> tuple[list[int], str]:
     return list(dict.fromkeys(chosen)), reason
 
 
+def _single_column(field: str) -> str | None:
+    """The one GPU column a raw reading of `field` fills unchanged, or None (several columns, or a conversion)."""
+    try:
+        cols = columns_from_raw(field, 7)
+    except (TypeError, KeyError, IndexError):
+        return None
+    return next(iter(cols)) if len(cols) == 1 and next(iter(cols.values())) == 7 else None
+
+
+_SINGLE_COLUMN = {f: _single_column(f) for f in GPU_FIELDS}  # e.g. power -> power_mw; None -> columns_from_raw
+
+
+class _StopSignal:
+    """A stop flag with threading.Event's is_set/set/wait, whose wait(timeout) is one lock acquire.
+
+    Event.wait builds a Condition waiter per call; the sampler waits once per tick, and that Python work was a
+    measurable part of its CPU time. Only the recorder sets it, once.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            self._lock.release()  # let any other waiter through
+            return True
+        return self._set
+
+
 class _Device:
     """Per-device state: supported fields, the energy counter's reset-corrected running total, error counts."""
 
@@ -263,6 +481,8 @@ class _Device:
         self.info, self.unsupported = info, unsupported
         self.fields = [f for f in GPU_FIELDS if f not in unsupported]
         self.next_read_s = dict.fromkeys(self.fields, -math.inf)
+        # what a sample does per field: (field, minimum period or 0, the single column it fills or None)
+        self.plan = [(f, FIELD_MIN_PERIOD_S.get(f, 0.0), _SINGLE_COLUMN[f]) for f in self.fields]
         self.last_energy_mj: int | None = None
         self.energy_since_start_mj = 0
         self.energy_resets = 0
@@ -305,7 +525,7 @@ class TelemetryRecorder:
         self.clock = clock or Clock()
         self._env = os.environ if env is None else env
         self._lock = threading.Lock()
-        self._stop_event = threading.Event()
+        self._stop_event = _StopSignal()
         self._thread: threading.Thread | None = None
         self._devices: list[_Device] = []
         self._gpu_status: dict = {"status": "disabled", "reason": "gpu=False"}
@@ -316,6 +536,7 @@ class TelemetryRecorder:
         self._t0 = 0.0
         self._t_last = -math.inf
         self._thread_cpu_s = 0.0
+        self._first_tick_cpu_s: float | None = None  # thread CPU up to the end of its first sample
         self._ticks_skipped = 0
         self._thread_error: str | None = None
         self._summary: dict | None = None
@@ -373,6 +594,8 @@ class TelemetryRecorder:
             while not self.clock.wait_until(self._t0 + k * self.period_s, self._stop_event):
                 now = self.clock.now()
                 self._sample(now)
+                if k == 1:
+                    self._first_tick_cpu_s = time.thread_time() - cpu0
                 due = math.floor((now - self._t0) / self.period_s + 1e-9) + 1
                 self._ticks_skipped += max(due - (k + 1), 0)
                 k = max(k + 1, due)
@@ -387,19 +610,23 @@ class TelemetryRecorder:
         t_s = now - self._t0
         self._t_last = now
         host = self._host.read()
-        self._host_cols["t_s"].append(t_s)
+        host_cols = self._host_cols
+        host_cols["t_s"].append(t_s)
         for c in HostSampler.COLUMNS:
-            self._host_cols[c].append(host[c])
+            host_cols[c].append(host[c])
+        read = self._backend.read if self._devices else None
         for dev in self._devices:
             if dev.lost:
                 continue
             row: dict[str, Any] = {}
-            for field in dev.fields:
-                if now < dev.next_read_s[field]:
-                    continue
-                dev.next_read_s[field] = now + FIELD_MIN_PERIOD_S.get(field, 0.0) - 1e-9
+            index, next_read_s = dev.info["index"], dev.next_read_s
+            for field, min_period_s, column in dev.plan:
+                if min_period_s:
+                    if now < next_read_s[field]:
+                        continue
+                    next_read_s[field] = now + min_period_s - 1e-9
                 try:
-                    raw = self._backend.read(dev.info["index"], field)
+                    raw = read(index, field)
                 except NvmlGpuLost as exc:
                     dev.lost = f"{exc.nvml_name} at t={t_s:.3f}s"
                     break
@@ -407,14 +634,17 @@ class TelemetryRecorder:
                     per = dev.errors.setdefault(field, {})
                     per[exc.nvml_name] = per.get(exc.nvml_name, 0) + 1
                     continue
-                row.update(columns_from_raw(field, raw))
+                if column is not None:
+                    row[column] = raw
+                else:
+                    row.update(columns_from_raw(field, raw))
                 if field == "energy":
                     row["energy_mj_since_start"] = dev.energy(raw)
             if dev.lost:
                 continue
             cols = self._gpu_cols
             cols["t_s"].append(t_s)
-            cols["gpu_index"].append(dev.info["index"])
+            cols["gpu_index"].append(index)
             for c in GPU_COLUMNS:
                 cols[c].append(row.get(c))
 
