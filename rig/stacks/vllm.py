@@ -135,6 +135,7 @@ class VLLMStack(Stack):
         self._conn: Connection | None = None
         self._mode = _sampler_choice(spec)[0]
         self._pipelined = False  # decided at load, from the engine's device
+        self._in_flight: str | None = None  # the op sent and not yet answered
         self.exit_code: int | None = None
 
     # ---- process ----------------------------------------------------------------------------------------------
@@ -211,6 +212,7 @@ class VLLMStack(Stack):
             self._conn.send((op, payload))
         except (BrokenPipeError, ConnectionResetError, OSError):
             raise RuntimeError(f"the vLLM worker is gone (exit code {self._proc.poll()})") from None
+        self._in_flight = op
 
     def _receive(self, op: str, timeout_s: float | None = None) -> Any:
         """The worker's answer to the op sent last (one op is in flight at a time)."""
@@ -224,6 +226,7 @@ class VLLMStack(Stack):
                 raise RuntimeError(f"the vLLM worker did not answer {op!r} within {timeout_s:.0f} s")
         try:
             reply = self._conn.recv()
+            self._in_flight = None
         except EOFError:
             self._proc.wait(timeout=10)
             raise RuntimeError(f"the vLLM worker died during {op!r} (exit code {self._proc.returncode})") from None
@@ -242,11 +245,16 @@ class VLLMStack(Stack):
             self.exit_code = self._proc.returncode
         if self._conn is not None:
             self._conn.close()
-        self._proc, self._conn = None, None
+        self._proc, self._conn, self._in_flight = None, None, None
 
     def close(self) -> None:
         """Shut the engine down explicitly and wait for the worker to exit; its exit status lands in `exit_code`."""
         if self._proc is None:
+            return
+        if self._in_flight is not None:
+            # A pipelined batch is still running (the run is being abandoned: an error or Ctrl-C while the previous
+            # batch was written). Its answer would arrive before the shutdown's; nothing waits for it, so stop here.
+            self._kill()
             return
         try:
             if self._proc.poll() is None:
