@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: CUDA when available)")
     ap.add_argument("--k", type=int, nargs="+", default=[20, 0])
     args = ap.parse_args()
 
@@ -56,8 +57,12 @@ def main() -> None:
     in_step = [0.0]  # seconds inside the rig's logits processor, summed
 
     def timed_call(self, input_ids, scores):  # Transformers checks a processor's signature: no extra params
+        if scores.is_cuda:  # time the kernels, not their launch
+            torch.cuda.synchronize()
         t = time.perf_counter()
         out = orig_call(self, input_ids, scores)
+        if scores.is_cuda:
+            torch.cuda.synchronize()
         in_step[0] += time.perf_counter() - t
         return out
 
@@ -65,6 +70,7 @@ def main() -> None:
         spec = RunSpec(
             model=args.model,
             dtype=args.dtype,
+            device=args.device,
             logprobs=k,
             batch_size=args.batch_size,
             sampling=SamplingSpec(max_new_tokens=args.max_new_tokens, stop_token_ids=(-1,)),
@@ -97,7 +103,9 @@ def main() -> None:
                     mask[i, width - len(p) :] = 1
                 cfg = GenerationConfig(**to_transformers(spec), pad_token_id=PAD_TOKEN_ID)
                 with torch.inference_mode():
-                    out = stack.model.generate(input_ids=x, attention_mask=mask, generation_config=cfg)
+                    out = stack.model.generate(
+                        input_ids=x.to(stack.device), attention_mask=mask.to(stack.device), generation_config=cfg
+                    )
                 n += int((out[:, width:]).numel())
             return n
 
@@ -125,7 +133,7 @@ def main() -> None:
 
     print(
         f"hf stack vs bare generate: {len(prompts)} prompts x {args.max_new_tokens} tokens, batch {args.batch_size}, "
-        f"{args.dtype}, {args.pairs} A/B pairs per K"
+        f"{args.dtype}, device {stack.device}, {args.pairs} A/B pairs per K"
     )
     print_machine(before, after)
     print(

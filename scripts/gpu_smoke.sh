@@ -10,7 +10,8 @@
 #   PYTHON=python3.12 OUT=/tmp/smoke scripts/gpu_smoke.sh
 #
 # Outputs: OUT/nvml_trace.jsonl, OUT/telemetry_nvml.json (a real-NVML recorder summary), OUT/bf16 and OUT/fp32
-# (runs with telemetry), OUT/env.json. Exits 1 with a one-line message when there is no usable NVIDIA GPU.
+# (runs with telemetry), OUT/env.json, OUT/kernels.json and .html, OUT/sweep (bf16 against fp32), and
+# OUT/bench_noise.txt and OUT/bench_hf.txt (the coupled-noise and capture costs on the GPU). Exits 1 with a one-line message when there is no usable NVIDIA GPU.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -115,6 +116,14 @@ step "environment differences between the two runs (expected: none)"
 step "kernels on CUDA against float64 (rig kernels; a failing check is a finding, not a smoke failure)"
 "$PY" -m rig kernels --device cuda --json "$OUT/kernels.json" || echo "rig kernels: exit $? (see the table above)"
 "$PY" -m rig report --kernels "$OUT/kernels.json" -o "$OUT/kernels.html"
+
+step "a small sweep on cuda: Transformers bf16 against fp32, one replicate for the floor (exit 1 = a finding)"
+"$PY" -m rig sweep --stack hf --model "$OUT/tiny" --device cuda --grid dtype=float32,bfloat16 --replicates 1 \
+  --max-new-tokens 32 --out "$OUT/sweep" || echo "rig sweep: exit $? (see the matrix above)"
+
+step "what the rig costs on the GPU: coupled noise per step (issue 13's 5% target) and the hf capture (issue 14)"
+"$PY" benchmarks/bench_noise.py --model "$OUT/tiny" --device cuda --repeats 3 --tokens 32 | tee "$OUT/bench_noise.txt"
+"$PY" benchmarks/bench_hf.py --model "$OUT/tiny" --pairs 4 | tee "$OUT/bench_hf.txt"
 
 step "telemetry and envinfo tests"
 "$PY" -m pytest -q tests/test_telemetry.py tests/test_envinfo.py
