@@ -24,16 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from rig.telemetry.envinfo import cpu_model  # noqa: E402  (light: no torch, no stack)
 
 
 def machine() -> dict[str, Any]:
@@ -43,7 +36,7 @@ def machine() -> dict[str, Any]:
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 0
     info: dict[str, Any] = {
-        "cpu": cpu_model(),
+        "cpu": cpu_model() or platform.machine(),
         "cores": cores,
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),

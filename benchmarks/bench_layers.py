@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_model  # noqa: E402
+from _common import cpu_model, machine  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -61,10 +61,6 @@ if __name__ == "__main__":
 """
 
 
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
@@ -81,7 +77,7 @@ def main() -> None:
             build_tiny_model(model, layers=args.layers, with_tokenizer=False)
         rows = []
         for _ in range(args.repeats):
-            load_before = _load()
+            load_before = machine()["load_avg"]
             r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             out = subprocess.run(
@@ -99,7 +95,7 @@ def main() -> None:
             res = json.loads(out.stdout.strip().splitlines()[-1])
             res["process_wall_s"] = wall
             res["children_cpu_s"] = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-            res["load_before"], res["load_after"] = load_before, _load()
+            res["load_before"], res["load_after"] = load_before, machine()["load_avg"]
             rows.append(res)
     best = min(rows, key=lambda r: r["process_wall_s"])
     print(f"rig layers, one position ({best['prefix_tokens']}-token prefix), tiny model {best['architecture']}")

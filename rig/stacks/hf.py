@@ -54,7 +54,7 @@ class _Capture:
 
         if self._prev is not None:
             self._gather(input_ids[:, -1])
-        raw = scores if scores.dtype == torch.float32 else scores.float()
+        raw = scores.float()  # the same tensor when it is float32 already (as generate passes it)
         norm, top_lps, top_ids = self._rows(raw)
         if self.k:
             self.top_ids.append(top_ids.to(torch.int32))

@@ -308,8 +308,7 @@ class VLLMStack(Stack):
         return lambda: self._generate_results(requests, self._receive("generate"))
 
     def generate(self, requests: list[Request]) -> list[SequenceResult]:
-        self._send("generate", self._request_payload(requests))
-        return self._generate_results(requests, self._receive("generate"))
+        return self._generate_results(requests, self._call("generate", self._request_payload(requests)))
 
     def _generate_results(self, requests: list[Request], out: dict[str, Any]) -> list[SequenceResult]:
         s = self.spec.sampling
@@ -339,8 +338,7 @@ class VLLMStack(Stack):
 
     def score(self, requests: list[Request]) -> list[SequenceResult]:
         """Teacher-forced: vLLM's prompt_logprobs over prompt + continuation (raw, top-K), one batch per call."""
-        self._send("score", self._score_payload(requests))
-        return self._score_results(requests, self._receive("score"))
+        return self._score_results(requests, self._call("score", self._score_payload(requests)))
 
     def _score_payload(self, requests: list[Request]) -> dict[str, Any]:
         return {

@@ -139,7 +139,7 @@ def _name_version(metadata: str) -> tuple[str | None, str | None]:
     return name, version
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -169,7 +169,7 @@ def _system() -> dict:
             "libc": " ".join(platform.libc_ver()).strip() or None,
         },
         "cpu": {
-            "model": _cpu_model(),
+            "model": cpu_model(),
             "machine": platform.machine(),
             "logical_cores": os.cpu_count(),
             "physical_cores": physical,
