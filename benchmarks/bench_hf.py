@@ -83,8 +83,7 @@ def main() -> None:
 
         def finish(self, last, _orig=orig_finish, _kept=kept):
             _orig(self, last)
-            tensors = self.top_ids + self.top_lps + self.chosen_lp
-            _kept.append(sum(t.nelement() * t.element_size() for t in tensors))
+            _kept.append(self.rec.nbytes())
 
         hf._Capture.__call__, hf._Capture.finish = timed_call, finish
 

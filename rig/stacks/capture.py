@@ -20,6 +20,14 @@ What is recorded, and how it is computed:
   Ordering by (value, lower id) is done with one int64 key per candidate: the float's order-preserving integer in
   the high half, the inverted token id in the low half.
 
+Two forms compute this. On the CPU, float32 rows go through one C pass (rig/stacks/capture.c, built for the machine
+by rig.stacks.native): a running top-K threshold, a running maximum, and the exp sum against it, accumulated in
+double. Everywhere else (GPUs, no C compiler, RIG_NATIVE=0, K above NATIVE_MAX_K, a row with NaN or an infinite
+maximum) the torch form below runs. Both give the same top-K ids and values, exactly, and the same log-sum-exp to
+within a few float32 steps; a run uses one form throughout, and the Transformers stack records which
+(`resolved.capture_kernel`, with `capture_kernel()`'s reason). The first use checks the C form against the torch form
+on rows full of ties and masked tokens, and falls back to the torch form if they disagree.
+
 Cost on 8 x 201,088 float32 rows, per generated step, on the 2-core development CPU: see docs/performance.md
 (benchmarks/bench_hf.py measures it inside `generate`).
 """
@@ -29,8 +37,11 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
+import numpy as np
+
 SMALL_BLOCK = 64  # top-K candidate blocks
 LOG2E = 1.4426950408889634  # exp(x) = 2^(x log2 e)
+NATIVE_MAX_K = 64  # the C form keeps its top-K by insertion: K x (K log V) work per row, cheap up to here
 
 
 def _order_key(values: Any) -> Any:
@@ -130,11 +141,14 @@ def _sum_blocks(v: int) -> int:
 
 
 class RowCapture:
-    """Per-row log-sum-exp and top-K with a reusable scratch buffer (one per batch shape and device)."""
+    """Per-row log-sum-exp and top-K of float32 logit rows: the C form for CPU rows when it is available (see the
+    module docstring), the torch form otherwise, with a reusable scratch buffer (one per batch shape and device)."""
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, native: bool | None = None):
         self.k = k
         self._scratch: Any = None
+        # None: the C form where capture_kernel() says it is usable; False: always the torch form
+        self._native = native if native is not None else None
 
     def __call__(self, raw: Any) -> tuple[LogNorm, Any, Any]:
         """(LogNorm of each row, top-K logprobs [B, k] float32, top-K ids [B, k] int64) of float32 rows `raw`
@@ -144,6 +158,17 @@ class RowCapture:
         if raw.dtype != torch.float32:
             raw = raw.float()
         raw = raw.contiguous()
+        if raw.device.type == "cpu" and self.k <= NATIVE_MAX_K and raw.shape[0] and self._native is not False:
+            lib = _native_lib()
+            if lib is not None:
+                got = _capture_native(lib, raw, self.k)
+                if got is not None:
+                    return got
+        return self._torch_form(raw)
+
+    def _torch_form(self, raw: Any) -> tuple[LogNorm, Any, Any]:
+        import torch
+
         if self._scratch is None or self._scratch.shape != raw.shape or self._scratch.device != raw.device:
             self._scratch = torch.empty_like(raw)
         block_max = None
@@ -154,6 +179,191 @@ class RowCapture:
             return norm, raw.new_zeros((raw.shape[0], 0)), torch.zeros((raw.shape[0], 0), dtype=torch.int64)
         values, ids = topk_rows(raw, self.k, block_max)
         return norm, norm.logprobs(values), ids
+
+
+def _capture_native(lib: Any, raw: Any, k: int) -> tuple[LogNorm, Any, Any] | None:
+    """The C form on contiguous float32 CPU rows; None when a row has a NaN or an infinite maximum."""
+    import torch
+
+    b = raw.shape[0]
+    norm = torch.empty((2, b), dtype=torch.float32)  # shift, rel
+    lps = torch.empty((b, k), dtype=torch.float32)
+    ids = torch.empty((b, k), dtype=torch.int64)
+    if not _native_into(lib, raw, k, norm.data_ptr(), norm[1].data_ptr(), lps.data_ptr(), ids.data_ptr()):
+        return None
+    return LogNorm(norm[0], norm[1]), lps, ids
+
+
+def _native_into(lib: Any, raw: Any, k: int, shift: int, rel: int, lps: int, ids: int) -> bool:
+    """The C form into the given addresses (shift, rel [B] float32; lps [B, k] float32; ids [B, k] int64); False
+    when a row has a NaN or an infinite maximum (the outputs are then meaningless)."""
+    import torch
+
+    b, v = raw.shape
+    return not lib.rig_capture_rows(raw.data_ptr(), b, v, k, torch.get_num_threads(), shift, rel, lps, ids)
+
+
+class StepRecorder:
+    """The capture of one `generate` call, step by step: each step's top-K and log-sum-exp, and, one step late, the
+    logprob of the token each row went on with. Everything goes into buffers on the logits' device that grow CHUNK
+    steps at a time, so that on the CPU a step costs two C calls and no allocation (the per-step Python work is a
+    visible share of a small model's step)."""
+
+    CHUNK = 64
+
+    def __init__(self, k: int, native: bool | None = None):
+        self.k = k
+        self.steps = 0
+        self._rows = RowCapture(k, native)
+        self._native = native
+        self._chunks: list[dict[str, Any]] = []
+        self._prev: Any = None  # (raw [B, V], chunk, index) of the last step, until its tokens are known
+
+    def _lib(self, raw: Any) -> Any:
+        if raw.device.type != "cpu" or self.k > NATIVE_MAX_K or self._native is False:
+            return None
+        return _native_lib()
+
+    def step(self, raw: Any) -> None:
+        """Record one step's rows: float32 logits [B, V] (held until `chosen` gives their tokens)."""
+        import torch
+
+        if raw.dtype != torch.float32:
+            raw = raw.float()
+        raw = raw.contiguous()
+        b, k = raw.shape[0], self.k
+        i = self.steps % self.CHUNK
+        if i == 0:
+            self._chunks.append(
+                {
+                    "norm": torch.empty((self.CHUNK, 2, b), dtype=torch.float32, device=raw.device),  # shift, rel
+                    "lps": torch.empty((self.CHUNK, b, k), dtype=torch.float32, device=raw.device),
+                    "ids": torch.empty((self.CHUNK, b, k), dtype=torch.int64, device=raw.device),
+                    "chosen": torch.full((self.CHUNK, b), float("nan"), device=raw.device),
+                }
+            )
+        c = self._chunks[-1]
+        lib = self._lib(raw)
+        done = False
+        if lib is not None and b:
+            shift = c["norm"].data_ptr() + i * 2 * b * 4
+            lps, ids = c["lps"].data_ptr() + i * b * k * 4, c["ids"].data_ptr() + i * b * k * 8
+            done = _native_into(lib, raw, k, shift, shift + b * 4, lps, ids)
+        if not done:
+            norm, lps, ids = self._rows._torch_form(raw)
+            c["norm"][i, 0].copy_(norm.shift)
+            c["norm"][i, 1].copy_(norm.rel)
+            c["lps"][i].copy_(lps)
+            c["ids"][i].copy_(ids)
+        self._prev = (raw, c, i)
+        self.steps += 1
+
+    def chosen(self, tokens: Any) -> None:
+        """The tokens [B] (int64, any stride) that followed the last recorded step; a no-op before the first."""
+        if self._prev is None:
+            return
+        raw, c, i = self._prev
+        self._prev = None
+        b, v = raw.shape
+        lib = self._lib(raw)
+        if lib is not None and tokens.device.type == "cpu" and tokens.dtype == _torch().int64:
+            shift = c["norm"].data_ptr() + i * 2 * b * 4
+            out = c["chosen"].data_ptr() + i * b * 4
+            tok, stride = tokens.data_ptr(), tokens.stride(0)
+            if lib.rig_token_logprobs(raw.data_ptr(), b, v, tok, stride, shift, shift + b * 4, out):
+                raise IndexError(f"a chosen token id is outside the vocabulary of {v}: {tokens.tolist()}")
+            return
+        norm = LogNorm(c["norm"][i, 0], c["norm"][i, 1])
+        c["chosen"][i].copy_(norm.logprobs(raw.gather(-1, tokens.to(raw.device)[:, None]).squeeze(-1)))
+
+    def results(self) -> tuple[Any, Any, Any]:
+        """NumPy (chosen logprobs [B, S] float32, top-K ids [B, S, K] int32, top-K logprobs [B, S, K] float32) over
+        the S steps recorded."""
+        import torch
+
+        s = self.steps
+        if not s:
+            empty = np.zeros((0, 0, self.k), np.float32)
+            return np.zeros((0, 0), np.float32), empty.astype(np.int32), empty
+
+        def whole(key: str) -> Any:
+            return torch.cat([c[key] for c in self._chunks])[:s]
+
+        chosen = whole("chosen").T.cpu().numpy()
+        ids = whole("ids").transpose(0, 1).to(torch.int32).cpu().numpy()
+        lps = whole("lps").transpose(0, 1).cpu().numpy()
+        return chosen, ids, lps
+
+    def nbytes(self) -> int:
+        """Bytes held by the buffers (they grow with the steps and K, never with the vocabulary)."""
+        return sum(t.nelement() * t.element_size() for c in self._chunks for t in c.values())
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+_NATIVE: dict[str, Any] = {}  # "lib": the checked library or None, "reason": why
+
+
+def _native_lib() -> Any:
+    if "lib" not in _NATIVE:
+        capture_kernel()
+    return _NATIVE["lib"]
+
+
+def capture_kernel() -> tuple[str, str]:
+    """("native" or "torch", reason): which form captures CPU rows in this process, decided once. The C form is
+    used only after it has matched the torch form (same top-K ids and values, log-sum-exp within four float32 steps)
+    on rows full of ties, masked tokens and a ragged tail."""
+    if "lib" not in _NATIVE:
+        from rig.stacks import native
+
+        built = native.load("capture")
+        lib, reason = built.lib, built.reason
+        if lib is not None:
+            omp = native.torch_openmp()
+            if omp.lib is not None:
+                fns = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
+                lib.rig_use_openmp(*(native.address(omp.lib, f) for f in fns))
+                reason += f"; rows of large calls split over torch's intra-op threads ({omp.reason})"
+            else:
+                reason += f"; one thread per call ({omp.reason})"
+            why = _self_check(lib)
+            if why:
+                lib, reason = None, f"the C form disagreed with the torch form ({why}): the torch form runs"
+                import sys
+
+                print(f"rig: capture on the CPU uses the torch form: {reason}", file=sys.stderr)
+        _NATIVE.update(lib=lib, reason=reason)
+    return ("native" if _NATIVE["lib"] is not None else "torch"), _NATIVE["reason"]
+
+
+def _self_check(lib: Any) -> str:
+    import torch
+
+    g = torch.Generator().manual_seed(20261202)
+    x = torch.round(torch.randn(4, 64 * 70 + 37, generator=g) * 6) / 4  # exact ties everywhere, a tail of 37
+    x[1, ::3] = float("-inf")
+    x[2] = x[2].abs().neg() * 40  # a wide row: most terms far below the top
+    x[3, :200] = float("-inf")
+    for k in (0, 1, 5, NATIVE_MAX_K):
+        want = RowCapture(k, native=False)(x)
+        got = _capture_native(lib, x, k)
+        if got is None:
+            return f"rows reported unusable at k={k}"
+        if not torch.equal(got[2], want[2]):
+            return f"top-{k} ids differ"
+        if not torch.equal(got[1], got[0].logprobs(x.gather(-1, got[2]))):
+            return f"top-{k} logprobs are not (logit - shift) - rel"
+        step = torch.finfo(torch.float32).eps * want[0].lse.abs().clamp(min=1.0)
+        if not bool(((got[0].lse - want[0].lse).abs() <= 4 * step).all()):
+            return f"log-sum-exp off by {float((got[0].lse - want[0].lse).abs().max()):.3g}"
+        if not torch.equal(got[0].shift, want[0].shift):
+            return "row maxima differ"
+    return ""
 
 
 def capture_rows(raw: Any, k: int) -> tuple[LogNorm, Any, Any]:

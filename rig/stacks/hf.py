@@ -22,7 +22,7 @@ import numpy as np
 from rig.errors import UserError
 from rig.run.spec import to_transformers
 from rig.stacks.base import Request, SequenceResult, Stack, finish_reason, truncate_at_stop
-from rig.stacks.capture import RowCapture
+from rig.stacks.capture import RowCapture, StepRecorder, capture_kernel
 from rig.stacks.sampling import couple_logits, record_noise
 from rig.testing.tiny import PAD_TOKEN_ID
 
@@ -32,8 +32,8 @@ SCORE_CHUNK_TOKENS = 2048
 class _Capture:
     """LogitsProcessor that records raw logprobs and top-K per step (and applies coupled noise when asked).
 
-    Per step it computes each row's log-sum-exp and exact top-K of the raw logits (rig.stacks.capture: no
-    vocabulary-sized sort, copy or dtype conversion) and keeps K ids and logprobs. The chosen token of step t is read
+    Per step it records each row's log-sum-exp and exact top-K of the raw logits (rig.stacks.capture.StepRecorder:
+    one C pass on the CPU, no vocabulary-sized sort, copy or dtype conversion). The chosen token of step t is read
     from input_ids at step t + 1 (and from the final sequences after the last step), so the recorded logprob is that
     of the token Transformers actually appended, whatever chose it: its raw logit minus the step's log-sum-exp. Only
     the previous step's raw logits are held (a reference to the tensor generate passed in, which Transformers'
@@ -43,23 +43,12 @@ class _Capture:
     def __init__(self, k: int, keys: list[tuple[str, int]], spec: Any, mode: str):
         self.k, self.keys, self.spec, self.mode = k, keys, spec, mode
         self.step = 0
-        self.chosen_lp: list[Any] = []  # [B] per step, filled one step late
-        self.top_ids: list[Any] = []
-        self.top_lps: list[Any] = []
-        self._rows = RowCapture(k)
-        self._prev: Any = None  # the last step's raw logits [B, V] and their LogNorm, until its token is known
+        self.rec = StepRecorder(k)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        if self._prev is not None:
-            self._gather(input_ids[:, -1])
+        self.rec.chosen(input_ids[:, -1])  # the tokens that followed the previous step (none before the first)
         raw = scores.float()  # the same tensor when it is float32 already (as generate passes it)
-        norm, top_lps, top_ids = self._rows(raw)
-        if self.k:
-            self.top_ids.append(top_ids.to(torch.int32))
-            self.top_lps.append(top_lps)
-        self._prev = (raw, norm)
+        self.rec.step(raw)
         self.step += 1
         if self.mode == "coupled":
             s = self.spec.sampling
@@ -67,14 +56,8 @@ class _Capture:
             return couple_logits(raw, keys, seed=s.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
         return scores
 
-    def _gather(self, tokens: Any) -> None:
-        raw, norm = self._prev
-        self.chosen_lp.append(norm.logprobs(raw.gather(-1, tokens[:, None]).squeeze(-1)))
-        self._prev = None
-
     def finish(self, last_tokens: Any) -> None:
-        if self._prev is not None:
-            self._gather(last_tokens)
+        self.rec.chosen(last_tokens)
 
 
 class HFStack(Stack):
@@ -106,6 +89,12 @@ class HFStack(Stack):
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {dev!r} requested but torch sees no CUDA device")
         self.device = torch.device(dev)
+        if self.device.type == "cpu":
+            kernel, why = capture_kernel()
+            self.resolve("capture_kernel", kernel, why)
+        else:
+            why = f"rows on {self.device.type}: the torch form (the C form is for CPU rows)"
+            self.resolve("capture_kernel", "torch", why)
         dtype = getattr(torch, spec.dtype)
         self.resolve("dtype", spec.dtype, "requested (activations and non-quantized weights)")
 
@@ -232,10 +221,10 @@ class HFStack(Stack):
             new = out[:, width:]
             capture.finish(new[:, -1])
             steps = new.shape[1]
-            lp = torch.stack(capture.chosen_lp, dim=1).cpu().numpy() if steps else np.zeros((len(requests), 0))
-            if k:
-                tid = torch.stack(capture.top_ids, dim=1).cpu().numpy()
-                tlp = torch.stack(capture.top_lps, dim=1).float().cpu().numpy()
+            lp, tid, tlp = capture.rec.results()
+            if not steps:
+                lp = np.zeros((len(requests), 0), np.float32)
+                tid, tlp = np.zeros((len(requests), 0, k), np.int32), np.zeros((len(requests), 0, k), np.float32)
         elapsed = time.perf_counter() - t0
         new_np = new.cpu().numpy()
         results = []
