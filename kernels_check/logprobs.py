@@ -1,10 +1,12 @@
 """Log-softmax plus top-K over gpt-oss's 201,088-token vocabulary: the step the rig itself uses to record logprobs.
 
 Why this exists: every number the rig reports passes through this reduction, in each stack's own form. If the
-recorder were off, every diff downstream would be off with it. "rig-capture" is rig.stacks.capture, the form
-rig.stacks.hf uses per generated step and per scored chunk: a blocked log-sum-exp and an exact blocked top-K of the
-raw logits (ties to the lower token id). "rig-log-softmax" is the form it replaced (one float32 log_softmax over the
-row, then torch.topk), kept so that the precision it gave up stays on record.
+recorder were off, every diff downstream would be off with it. "rig-capture" is rig.stacks.capture as a run uses
+it per generated step and per scored chunk: on the CPU its C form (one pass: a running top-K threshold and an exp sum
+in double lanes), elsewhere its torch form. "rig-capture-torch" is the torch form on any device (a blocked
+log-sum-exp and an exact blocked top-K of the raw logits, ties to the lower token id): what GPUs run. "rig-log-softmax"
+is the form both replaced (one float32 log_softmax over the row, then torch.topk), kept so that the precision it gave
+up stays on record.
 
 Inputs: logits [N, V] (test dtype: what the model emits), k (int).
 Output: (logprobs [N, V] float32, top-K logprobs [N, k] float32 in descending order, their token ids [N, k]).
@@ -35,6 +37,15 @@ def rig_logprobs_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
 
     x = logits.float()
     norm, values, ids = capture_rows(x, k)
+    return norm.logprobs(x), values, ids
+
+
+def rig_torch_form_logprobs_topk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The torch form of the rig's capture (what runs on GPUs), on any device."""
+    from rig.stacks.capture import RowCapture
+
+    x = logits.float()
+    norm, values, ids = RowCapture(k, native=False)(x)
     return norm.logprobs(x), values, ids
 
 
@@ -129,6 +140,17 @@ def _vllm_sampler(device: str):
     return fn
 
 
+def _capture_note(device: str) -> str:
+    if not device.startswith("cpu"):
+        return f"rig.stacks.capture as a run uses it on {device}: its torch form"
+    from rig.stacks.capture import capture_kernel
+
+    kernel, reason = capture_kernel()
+    if kernel == "native":
+        return "rig.stacks.capture as a run uses it on the CPU: its C form (one pass, exp sum in double lanes)"
+    return f"rig.stacks.capture as a run uses it on the CPU: its torch form ({reason})"
+
+
 def implementations(device: str) -> list[Impl]:
     """The rig's own two forms, vLLM's sampler form and the plain-torch baseline."""
     v_ok, v_why = module_available("vllm.v1.sample.sampler")
@@ -141,7 +163,15 @@ def implementations(device: str) -> list[Impl]:
             "rig",
             tv,
             lambda d: rig_logprobs_topk,
-            note="rig.stacks.capture: blocked log-sum-exp, exact blocked top-k (per generated step and scored chunk)",
+            note=_capture_note(device),
+        ),
+        Impl(
+            "rig-capture-torch",
+            "logprobs",
+            "rig",
+            tv,
+            lambda d: rig_torch_form_logprobs_topk,
+            note="rig.stacks.capture's torch form: blocked log-sum-exp, exact blocked top-k (what GPUs run)",
         ),
         Impl(
             "rig-log-softmax",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -81,3 +82,150 @@ def test_a_row_records_the_same_bits_alone_and_in_any_batch():
         for i in range(b):
             assert torch.equal(lps[i], alone[i][1][0]) and torch.equal(ids[i], alone[i][2][0])
             assert torch.equal(norm.rel[i], alone[i][0].rel[0])
+
+
+# ---- the C form (rig/stacks/capture.c) ------------------------------------------------------------------------------
+
+from rig.stacks import native  # noqa: E402
+from rig.stacks.capture import (  # noqa: E402
+    NATIVE_MAX_K,
+    RowCapture,
+    StepRecorder,
+    _capture_native,
+    capture_kernel,
+)
+
+ARCHES = {"native": None, "avx2": ("-mavx2", "-mfma"), "generic": ()}  # None: what a run uses (-march=native)
+
+
+def c_lib(arch: str = "native"):
+    """The C form built with the given target flags; skips when this machine has no C compiler."""
+    if native.compiler() is None:
+        pytest.skip("no C compiler on this machine: the torch form is the only one")
+    built = native.load("capture", ARCHES[arch])
+    if built.lib is None and arch == "avx2" and "avx2" not in native._cpu_identity():
+        pytest.skip("this CPU has no AVX2")
+    assert built.lib is not None, built.reason
+    return built.lib
+
+
+def tied_rows(b: int, v: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.round(torch.randn(b, v, generator=g) * 4) / 2  # hundreds of exact ties
+    x[0, ::5] = float("-inf")  # masked tokens
+    if b > 2:
+        x[2] = -x[2].abs() * 40  # a wide row: most terms far below the top, some underflowing to nothing
+    return x
+
+
+def test_a_run_captures_cpu_rows_with_the_c_form_when_a_compiler_is_there():
+    kernel, reason = capture_kernel()
+    if native.compiler() is None:
+        assert kernel == "torch" and "no C compiler" in reason
+    else:
+        assert kernel == "native", reason
+        assert "torch's intra-op threads" in reason or "one thread per call" in reason
+
+
+@pytest.mark.parametrize("arch", list(ARCHES))
+@pytest.mark.parametrize("vocab", [201_088, 4096, 1000])  # the gpt-oss vocabulary, a small one, a ragged tail
+@pytest.mark.parametrize("k", [0, 1, 20, NATIVE_MAX_K])
+def test_c_form_gives_the_torch_forms_top_k_exactly_and_its_log_sum_exp(arch, vocab, k):
+    lib = c_lib(arch)
+    x = tied_rows(4, vocab, vocab + k)
+    norm, lps, ids = _capture_native(lib, x, k)
+    want_norm, want_lps, want_ids = RowCapture(k, native=False)(x)
+    assert torch.equal(ids, want_ids)  # same ids, same order: (logit desc, id asc)
+    assert torch.equal(norm.shift, want_norm.shift)
+    truth = torch.logsumexp(x.double(), dim=-1)
+    step = torch.finfo(torch.float32).eps * truth.abs().clamp(min=1.0)
+    assert bool(((norm.lse.double() - truth).abs() <= 2 * step).all())
+    assert torch.equal(lps, norm.logprobs(x.gather(-1, ids)))  # recorded as (logit - shift) - rel
+
+
+def test_c_form_gives_the_same_bits_for_every_target_and_thread_split():
+    """-march=native (AVX-512 here), AVX2 and plain C take different code for the compares and vectors; the lane
+    structure and the explicit fmaf make them the same arithmetic. Threads only split rows."""
+    x = tied_rows(8, 201_088, 3) * 3
+    got = {arch: _capture_native(c_lib(arch), x, 20) for arch in ARCHES}
+    first = got["native"]
+    for arch, (norm, lps, ids) in got.items():
+        assert torch.equal(ids, first[2]) and torch.equal(lps, first[1]), arch
+        assert torch.equal(norm.rel, first[0].rel), arch
+    capture_kernel()  # hands torch's OpenMP threads to the library a run uses, where torch has them
+    lib = c_lib()
+    for threads in (1, 2, 3):
+        norm = torch.empty((2, 8))
+        lps, ids = torch.empty((8, 20)), torch.empty((8, 20), dtype=torch.int64)
+        assert lib.rig_capture_rows(x.data_ptr(), 8, 201_088, 20, threads, norm.data_ptr(), norm[1].data_ptr(),
+                                    lps.data_ptr(), ids.data_ptr()) == 0  # fmt: skip
+        assert torch.equal(lps, first[1]) and torch.equal(norm[1], first[0].rel)
+
+
+def test_c_form_is_batch_invariant():
+    lib = c_lib()
+    rows = (torch.randn(8, 201_088, generator=torch.Generator().manual_seed(5)) * 3).to(torch.bfloat16).float()
+    whole = _capture_native(lib, rows, 20)
+    for i in range(8):
+        one = _capture_native(lib, rows[i : i + 1].clone(), 20)
+        assert torch.equal(one[1][0], whole[1][i]) and torch.equal(one[0].rel[0], whole[0].rel[i])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_rows_with_nan_or_inf_go_to_the_torch_form(bad):
+    c_lib()
+    x = tied_rows(3, 4096, 9)
+    x[1, 1234] = bad
+    assert _capture_native(c_lib(), x, 5) is None  # the C form declines the batch
+    norm, lps, ids = RowCapture(5)(x)  # and the capture takes the torch form, NaN where torch gives NaN
+    want = RowCapture(5, native=False)(x)
+    assert torch.equal(ids, want[2])
+    torch.testing.assert_close(lps, want[1], equal_nan=True, rtol=0, atol=0)
+
+
+def test_step_recorder_records_what_row_capture_gives_with_either_form():
+    c_lib()
+    g = torch.Generator().manual_seed(21)
+    steps = [(torch.randn(3, 4096, generator=g) * 2).to(torch.bfloat16).float() for _ in range(70)]  # 2 chunks
+    tokens = [torch.randint(0, 4096, (3,), generator=g) for _ in steps]
+    got = {}
+    for form in (None, False):
+        rec = StepRecorder(5, native=form)
+        for s, x in enumerate(steps):
+            # the tokens that followed step s - 1 (a no-op at s = 0), as a strided view like input_ids[:, -1]
+            rec.chosen(torch.stack([tokens[s - 1], tokens[s - 1]]).T[:, 0])
+            rec.step(x)
+        rec.chosen(tokens[-1])
+        got[form] = rec.results()
+        assert rec.nbytes() < 2 * 64 * 3 * (5 * 12 + 16)  # two chunks of 64 steps: K and the rows, not the vocabulary
+    (lp_c, ids_c, top_c), (lp_t, ids_t, top_t) = got[None], got[False]
+    assert ids_c.shape == (3, 70, 5) and ids_c.dtype == np.int32 and lp_c.shape == (3, 70)
+    np.testing.assert_array_equal(ids_c, ids_t)
+    np.testing.assert_allclose(top_c, top_t, rtol=0, atol=4e-6)
+    np.testing.assert_allclose(lp_c, lp_t, rtol=0, atol=4e-6)
+    # the chosen token's logprob is the step's log-softmax at the token that followed it
+    for s in (0, 63, 64, 69):
+        truth = torch.log_softmax(steps[s].double(), -1).gather(
+            -1, tokens[s - 1 if s else 0][:, None] * 0 + tokens[s][:, None]
+        )
+        np.testing.assert_allclose(lp_c[:, s], truth[:, 0].numpy(), rtol=0, atol=4e-6)
+
+
+def test_native_kernels_can_be_turned_off_and_explain_a_missing_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("RIG_NATIVE", "0")
+    assert "RIG_NATIVE=0" in native.load.__wrapped__("capture").reason
+    monkeypatch.setenv("RIG_NATIVE", "auto")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    got = native.load.__wrapped__("capture")
+    assert got.lib is None and "no-such-cc" in got.reason and "torch form" in got.reason
+
+
+def test_native_build_is_cached_per_machine_and_reused(monkeypatch, tmp_path):
+    if native.compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = native.load.__wrapped__("capture")
+    assert first.lib is not None and first.reason.startswith("built with"), first.reason
+    again = native.load.__wrapped__("capture")
+    assert again.reason.startswith("cached build"), again.reason
+    assert len(list((tmp_path / "rig" / "native").glob("capture-*.so"))) == 1  # no temporaries left behind

@@ -96,8 +96,12 @@ def test_bf16_and_fp32_differ_and_the_difference_is_recorded(hf_run_bf16, hf_run
     lp_b = tb.column("logprob").to_numpy()[:20]
     assert not np.array_equal(lp_a, lp_b), "bf16 and fp32 logprobs must differ"
     assert a.manifest["suite"]["hash"] == b.manifest["suite"]["hash"]
-    for key in ("attention", "experts", "quantization", "device", "threads", "sampler"):
+    for key in ("attention", "experts", "quantization", "device", "threads", "sampler", "capture_kernel"):
         assert a.manifest["stack"]["resolved"][key]["reason"]
+    from rig.stacks.capture import capture_kernel
+
+    # on the CPU the run records which form captured it, and it is the one this process would use
+    assert a.manifest["stack"]["resolved"]["capture_kernel"]["value"] == capture_kernel()[0]
 
 
 def test_unknown_model_is_a_user_error(tmp_path):

@@ -78,8 +78,9 @@ def _cpu_identity() -> str:
 
 
 @functools.cache
-def load(name: str) -> Native:
-    """The compiled kernel library `name` (rig/stacks/NAME.c) for this machine: built on first use, then reused."""
+def load(name: str, arch: tuple[str, ...] | None = None) -> Native:
+    """The compiled kernel library `name` (rig/stacks/NAME.c) for this machine: built on first use, then reused.
+    `arch`: the target flags; by default -march=native, then none if the compiler refuses it (tests pass others)."""
     if not enabled():
         return Native(None, f"{ENV}=0: the torch form runs")
     if platform.system() == "Windows":
@@ -89,52 +90,51 @@ def load(name: str) -> Native:
     if cc is None:
         return Native(None, "no C compiler ($CC, cc, gcc, clang) on PATH: the torch form runs")
     text = source.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([text, cc.encode(), " ".join(FLAGS + ARCH_FLAGS).encode(), _cpu_identity().encode()])
-    ).hexdigest()[:16]
-    target = cache_dir() / f"{name}-{key}.so"
-    how = f"cached build {target}"
-    if not target.exists():
-        built = _build(cc, source, target)
-        if isinstance(built, str):
-            return Native(None, built)
-        how = built.reason
-    try:
-        lib = ctypes.CDLL(str(target))
-        for fn, (restype, argtypes) in SIGNATURES[name].items():
-            f = getattr(lib, fn)
-            f.restype, f.argtypes = restype, argtypes
-    except (OSError, AttributeError) as exc:
-        return Native(None, f"could not load {target} ({exc}): the torch form runs")
-    return Native(lib, how)
+    errors = []
+    for flags in [[*FLAGS, *arch]] if arch is not None else [FLAGS + ARCH_FLAGS, FLAGS]:
+        key = hashlib.sha256(b"\0".join([text, cc.encode(), " ".join(flags).encode(), _cpu_identity().encode()]))
+        target = cache_dir() / f"{name}-{key.hexdigest()[:16]}.so"
+        how = f"cached build ({Path(cc).name} {' '.join(flags)}) {target}"
+        if not target.exists():
+            ok, note = _build(cc, flags, source, target)
+            if not ok:
+                errors.append(note)
+                continue
+            how = f"built with {Path(cc).name} {' '.join(flags)} {note}: {target}"
+        try:
+            lib = ctypes.CDLL(str(target))
+            for fn, (restype, argtypes) in SIGNATURES[name].items():
+                f = getattr(lib, fn)
+                f.restype, f.argtypes = restype, argtypes
+        except (OSError, AttributeError) as exc:
+            errors.append(f"could not load {target} ({exc})")
+            continue
+        return Native(lib, how)
+    return Native(None, f"{'; '.join(errors)}: the torch form runs")
 
 
-def _build(cc: str, source: Path, target: Path) -> Native | str:
-    """Compile source into target (atomically); a Native with the reason, or the reason it failed."""
+def _build(cc: str, flags: list[str], source: Path, target: Path) -> tuple[bool, str]:
+    """Compile source into target, atomically: (True, "in N s"), or (False, why not)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot create {target.parent} ({exc}): the torch form runs"
-    errors = []
-    for arch in (ARCH_FLAGS, []):
         fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [cc, *FLAGS, *arch, "-o", tmp, str(source), "-lm"]
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            proc, err = None, str(exc)
-        if proc is not None and proc.returncode == 0:
-            os.replace(tmp, target)  # atomic: a concurrent run sees no build or a whole one
-            flags = " ".join(FLAGS + arch)
-            return Native(None, f"built with {Path(cc).name} {flags} in {time.perf_counter() - t0:.2f} s: {target}")
+    except OSError as exc:
+        return False, f"cannot write to {target.parent} ({exc})"
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [cc, *flags, "-o", tmp, str(source), "-lm"], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
         Path(tmp).unlink(missing_ok=True)
-        if proc is not None:
-            lines = (proc.stderr or proc.stdout or "").strip().splitlines()
-            err = lines[-1] if lines else f"exit {proc.returncode}"
-        errors.append(f"{' '.join(arch) or 'generic'}: {err}")
-    return f"could not compile {source.name} with {cc} ({'; '.join(errors)}): the torch form runs"
+        return False, f"{Path(cc).name} {' '.join(flags)} failed: {exc}"
+    if proc.returncode != 0:
+        Path(tmp).unlink(missing_ok=True)
+        lines = (proc.stderr or proc.stdout or "").strip().splitlines()
+        return False, f"{Path(cc).name} {' '.join(flags)} failed: {lines[-1] if lines else proc.returncode}"
+    os.replace(tmp, target)  # a concurrent run sees no build or a whole one
+    return True, f"in {time.perf_counter() - t0:.2f} s"
 
 
 def torch_openmp() -> Native:
