@@ -79,6 +79,8 @@ class Pairs:
             "a_median_s": round(statistics.median(self.a), 4),
             "b_median_s": round(statistics.median(self.b), 4),
             "overhead_pct_median_of_pairs": round(statistics.median(ov), 2),
+            "overhead_pct_q1": round(statistics.quantiles(ov, n=4)[0], 2) if len(ov) > 1 else ov[0],
+            "overhead_pct_q3": round(statistics.quantiles(ov, n=4)[2], 2) if len(ov) > 1 else ov[0],
             "overhead_pct_min": round(min(ov), 2),
             "overhead_pct_max": round(max(ov), 2),
             "overhead_pct_per_pair": [round(x, 2) for x in ov],

@@ -328,7 +328,7 @@ def capture_kernel() -> tuple[str, str]:
             if omp.lib is not None:
                 fns = ("GOMP_parallel", "omp_get_thread_num", "omp_get_num_threads")
                 lib.rig_use_openmp(*(native.address(omp.lib, f) for f in fns))
-                reason += f"; rows of large calls split over torch's intra-op threads ({omp.reason})"
+                reason += f"; rows split over torch's intra-op threads ({omp.reason})"
             else:
                 reason += f"; one thread per call ({omp.reason})"
             why = _self_check(lib)
