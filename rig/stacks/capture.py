@@ -199,6 +199,8 @@ def _native_into(lib: Any, raw: Any, k: int, shift: int, rel: int, lps: int, ids
     when a row has a NaN or an infinite maximum (the outputs are then meaningless)."""
     import torch
 
+    if raw.dtype != torch.float32 or raw.device.type != "cpu" or not raw.is_contiguous():
+        raise ValueError(f"the C form reads contiguous float32 CPU rows, not {raw.dtype} on {raw.device}")
     b, v = raw.shape
     return not lib.rig_capture_rows(raw.data_ptr(), b, v, k, torch.get_num_threads(), shift, rel, lps, ids)
 
