@@ -48,7 +48,7 @@ def main() -> None:
 
     def c_form(threads: int):
         norm = torch.empty((2, b))
-        lps, ids = torch.empty((b, k)), torch.empty((b, k), dtype=torch.int64)
+        lps, ids = torch.empty((b, k)), torch.empty((b, k), dtype=torch.int32)
         ptrs = (norm.data_ptr(), norm[1].data_ptr(), lps.data_ptr(), ids.data_ptr())
         keep = (norm, lps, ids)  # the closure holds the outputs alive: the C form writes into them
         return lambda: (lib.rig_capture_rows(x.data_ptr(), b, v, k, threads, *ptrs), keep)

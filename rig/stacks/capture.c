@@ -60,7 +60,7 @@ static inline float pow2_nonpositive(float y) {
 }
 
 /* Insert (q, id) into vals/ids, sorted by (value desc, id asc), holding *count <= k entries. */
-static inline void insert(float q, int64_t id, int64_t k, int64_t *count, float *vals, int64_t *ids) {
+static inline void insert(float q, int32_t id, int64_t k, int64_t *count, float *vals, int32_t *ids) {
     if (*count == k && !(q > vals[k - 1])) return;
     int64_t i = *count < k ? (*count)++ : k - 1;
     while (i > 0 && q > vals[i - 1]) {
@@ -97,7 +97,7 @@ static inline uint64_t above(const float *p, int64_t n, float tau) {
 }
 
 /* One row: returns 0, or 1 when the row has a NaN or an infinite maximum (its outputs then meaningless). */
-static int row(const float *x, int64_t v, int64_t k, float *vals, int64_t *ids, float *shift, float *rel) {
+static int row(const float *x, int64_t v, int64_t k, float *vals, int32_t *ids, float *shift, float *rel) {
     int64_t count = 0;
     float tau = -INFINITY, m = -INFINITY;
     float neg_mlog2e = 0.0f; /* -round(m log2 e): each term is 2^(x log2 e - round(m log2 e)), one fmaf */
@@ -115,7 +115,7 @@ static int row(const float *x, int64_t v, int64_t k, float *vals, int64_t *ids, 
                     g &= g - 1;
                     if (p[i] != p[i]) return 1;
                     if (p[i] > tau) {
-                        insert(p[i], j + i, k, &count, vals, ids);
+                        insert(p[i], (int32_t)(j + i), k, &count, vals, ids);
                         if (count == k) tau = vals[k - 1];
                     }
                 }
@@ -155,16 +155,16 @@ typedef struct {
     const float *x;
     int64_t first, last, v, k;
     float *shift, *rel, *top_lp;
-    int64_t *top_id;
+    int32_t *top_id;
     int64_t bad;
 } job_t;
 
 static void run(job_t *j) {
     float one_val;
-    int64_t one_id;
+    int32_t one_id;
     for (int64_t r = j->first; r < j->last; r++) {
         float *vals = j->k ? j->top_lp + r * j->k : &one_val; /* K = 0 still needs the maximum */
-        int64_t *ids = j->k ? j->top_id + r * j->k : &one_id;
+        int32_t *ids = j->k ? j->top_id + r * j->k : &one_id;
         if (row(j->x + r * j->v, j->v, j->k ? j->k : 1, vals, ids, j->shift + r, j->rel + r)) {
             j->bad++;
             continue;
@@ -205,11 +205,11 @@ static void team_member(void *arg) {
 }
 
 /* rows x v float32 logits (contiguous) -> shift[rows], rel[rows] (lse = shift + rel), top_lp[rows, k] (raw
- * logprobs, float32), top_id[rows, k] (int64). threads > 1 splits the rows among torch's OpenMP threads when
+ * logprobs, float32), top_id[rows, k] (int32; v < 2^31). threads > 1 splits the rows among torch's OpenMP threads when
  * rig_use_openmp has handed them over (per-row results do not depend on the split); otherwise one thread. Returns
  * the number of rows it could not take (a NaN or an infinite maximum). */
 int64_t rig_capture_rows(const float *x, int64_t rows, int64_t v, int64_t k, int64_t threads, float *shift, float *rel,
-                         float *top_lp, int64_t *top_id) {
+                         float *top_lp, int32_t *top_id) {
     job_t all = {x, 0, rows, v, k, shift, rel, top_lp, top_id, 0};
     if (threads > rows) threads = rows;
     if (threads > 1 && gomp_parallel) {

@@ -188,20 +188,22 @@ def _capture_native(lib: Any, raw: Any, k: int) -> tuple[LogNorm, Any, Any] | No
     b = raw.shape[0]
     norm = torch.empty((2, b), dtype=torch.float32)  # shift, rel
     lps = torch.empty((b, k), dtype=torch.float32)
-    ids = torch.empty((b, k), dtype=torch.int64)
+    ids = torch.empty((b, k), dtype=torch.int32)
     if not _native_into(lib, raw, k, norm.data_ptr(), norm[1].data_ptr(), lps.data_ptr(), ids.data_ptr()):
         return None
-    return LogNorm(norm[0], norm[1]), lps, ids
+    return LogNorm(norm[0], norm[1]), lps, ids.long()  # int64, as the torch form gives
 
 
 def _native_into(lib: Any, raw: Any, k: int, shift: int, rel: int, lps: int, ids: int) -> bool:
-    """The C form into the given addresses (shift, rel [B] float32; lps [B, k] float32; ids [B, k] int64); False
+    """The C form into the given addresses (shift, rel [B] float32; lps [B, k] float32; ids [B, k] int32); False
     when a row has a NaN or an infinite maximum (the outputs are then meaningless)."""
     import torch
 
     if raw.dtype != torch.float32 or raw.device.type != "cpu" or not raw.is_contiguous():
         raise ValueError(f"the C form reads contiguous float32 CPU rows, not {raw.dtype} on {raw.device}")
     b, v = raw.shape
+    if v >= 2**31:
+        raise ValueError(f"the C form records int32 token ids; a vocabulary of {v} does not fit")
     return not lib.rig_capture_rows(raw.data_ptr(), b, v, k, torch.get_num_threads(), shift, rel, lps, ids)
 
 
@@ -240,7 +242,7 @@ class StepRecorder:
                 {
                     "norm": torch.empty((self.CHUNK, 2, b), dtype=torch.float32, device=raw.device),  # shift, rel
                     "lps": torch.empty((self.CHUNK, b, k), dtype=torch.float32, device=raw.device),
-                    "ids": torch.empty((self.CHUNK, b, k), dtype=torch.int64, device=raw.device),
+                    "ids": torch.empty((self.CHUNK, b, k), dtype=torch.int32, device=raw.device),
                     "chosen": torch.full((self.CHUNK, b), float("nan"), device=raw.device),
                 }
             )
@@ -249,7 +251,7 @@ class StepRecorder:
         done = False
         if lib is not None and b:
             shift = c["norm"].data_ptr() + i * 2 * b * 4
-            lps, ids = c["lps"].data_ptr() + i * b * k * 4, c["ids"].data_ptr() + i * b * k * 8
+            lps, ids = c["lps"].data_ptr() + i * b * k * 4, c["ids"].data_ptr() + i * b * k * 4
             done = _native_into(lib, raw, k, shift, shift + b * 4, lps, ids)
         if not done:
             norm, lps, ids = self._rows._torch_form(raw)
@@ -292,7 +294,7 @@ class StepRecorder:
             return torch.cat([c[key] for c in self._chunks])[:s]
 
         chosen = whole("chosen").T.cpu().numpy()
-        ids = whole("ids").transpose(0, 1).to(torch.int32).cpu().numpy()
+        ids = whole("ids").transpose(0, 1).cpu().numpy()
         lps = whole("lps").transpose(0, 1).cpu().numpy()
         return chosen, ids, lps
 
