@@ -229,3 +229,20 @@ def test_native_build_is_cached_per_machine_and_reused(monkeypatch, tmp_path):
     again = native.load.__wrapped__("capture")
     assert again.reason.startswith("cached build"), again.reason
     assert len(list((tmp_path / "rig" / "native").glob("capture-*.so"))) == 1  # no temporaries left behind
+
+
+def test_a_c_form_that_disagrees_with_the_torch_form_is_not_used(monkeypatch, capsys):
+    import rig.stacks.capture as capture
+
+    c_lib()
+    monkeypatch.setattr(capture, "_NATIVE", {})  # decide afresh in this test; the process's decision comes back after
+    monkeypatch.setattr(capture, "_self_check", lambda lib: "top-5 ids differ")
+    kernel, reason = capture.capture_kernel()
+    assert kernel == "torch" and "disagreed with the torch form (top-5 ids differ)" in reason
+    assert "uses the torch form" in capsys.readouterr().err
+    x = tied_rows(3, 4096, 1)
+    rec = StepRecorder(5)
+    rec.step(x)  # and the capture takes the torch form
+    rec.chosen(torch.tensor([1, 2, 3]))
+    _, ids, _ = rec.results()
+    np.testing.assert_array_equal(ids[:, 0], RowCapture(5, native=False)(x)[2].int().numpy())

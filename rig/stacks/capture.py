@@ -341,6 +341,10 @@ def capture_kernel() -> tuple[str, str]:
                 import sys
 
                 print(f"rig: capture on the CPU uses the torch form: {reason}", file=sys.stderr)
+        elif native.enabled() and native.compiler() is not None:  # a compiler is there, yet no C form: say so once
+            import sys
+
+            print(f"rig: capture on the CPU uses the torch form: {reason}", file=sys.stderr)
         _NATIVE.update(lib=lib, reason=reason)
     return ("native" if _NATIVE["lib"] is not None else "torch"), _NATIVE["reason"]
 
