@@ -51,7 +51,7 @@ static inline float pow2_nonpositive(float y) {
     p = fmaf(p, f, 2.4022647738456726e-1f);
     p = fmaf(p, f, 6.931471824645996e-1f);
     p = fmaf(p, f, 1.0f);
-    int32_t bits;
+    uint32_t bits; /* unsigned: the bits shifted out of the top are dropped, as intended, without overflow */
     memcpy(&bits, &t, 4);
     bits <<= 23;
     float scale;
