@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -246,3 +248,49 @@ def test_a_c_form_that_disagrees_with_the_torch_form_is_not_used(monkeypatch, ca
     rec.chosen(torch.tensor([1, 2, 3]))
     _, ids, _ = rec.results()
     np.testing.assert_array_equal(ids[:, 0], RowCapture(5, native=False)(x)[2].int().numpy())
+
+
+def test_c_form_has_no_undefined_behaviour_or_bad_memory_access(tmp_path):
+    """The C file built with UBSan and ASan, run over rows with ties, masked tokens, a ragged tail, every K the stack
+    uses and a NaN row, in a child process that preloads the sanitizer runtimes (ctypes cannot load them later)."""
+    import subprocess
+    import sys
+
+    cc = native.compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    libs = []
+    for name in ("libasan.so", "libubsan.so"):
+        path = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        if not path or path == name or not os.path.exists(path):
+            pytest.skip(f"{cc} has no {name}")
+        libs.append(path)
+    so = tmp_path / "capture-sanitized.so"
+    src = os.path.join(os.path.dirname(native.__file__), "capture.c")
+    for arch in (["-march=native"], []):
+        build = [cc, "-O1", "-g", *arch, "-ffp-contract=off", "-fsanitize=address,undefined"]
+        build += ["-fno-sanitize-recover=undefined", "-fPIC", "-shared", "-o", str(so), src, "-lm"]
+        subprocess.run(build, check=True, capture_output=True)
+        script = f"""
+import ctypes, torch
+from rig.stacks.native import SIGNATURES
+from rig.stacks import capture
+lib = ctypes.CDLL({str(so)!r})
+for fn, (restype, argtypes) in SIGNATURES["capture"].items():
+    f = getattr(lib, fn); f.restype, f.argtypes = restype, argtypes
+x = torch.round(torch.randn(4, 64 * 70 + 37) * 8) / 2
+x[1, ::3] = float("-inf")
+x[2] = -x[2].abs() * 60
+for k in (0, 1, 20, 64):
+    assert capture._capture_native(lib, x, k) is not None
+x[3, 5] = float("nan")
+assert capture._capture_native(lib, x, 5) is None
+tok = torch.tensor([0, 4516, 7, 9])
+out = torch.empty(4)
+o = out.data_ptr()
+assert lib.rig_token_logprobs(x.data_ptr(), 4, x.shape[1], tok.data_ptr(), 1, o, o, o) == 0
+print("clean")
+"""
+        env = {**os.environ, "LD_PRELOAD": " ".join(libs), "ASAN_OPTIONS": "detect_leaks=0"}
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0 and "clean" in proc.stdout, (arch, proc.stderr[-3000:])
