@@ -141,14 +141,11 @@ def _vllm_sampler(device: str):
 
 
 def _capture_note(device: str) -> str:
-    if not device.startswith("cpu"):
-        return f"rig.stacks.capture as a run uses it on {device}: its torch form"
-    from rig.stacks.capture import capture_kernel
+    from rig.stacks.capture import capture_kernel_for
 
-    kernel, reason = capture_kernel()
-    if kernel == "native":
-        return "rig.stacks.capture as a run uses it on the CPU: its C form (one pass, exp sum in double lanes)"
-    return f"rig.stacks.capture as a run uses it on the CPU: its torch form ({reason})"
+    kernel, reason = capture_kernel_for(device.split(":")[0], TOP_K)
+    form = "its C form (one pass, exp sum in double lanes)" if kernel == "native" else f"its torch form ({reason})"
+    return f"rig.stacks.capture as a run uses it on {device}: {form}"
 
 
 def implementations(device: str) -> list[Impl]:

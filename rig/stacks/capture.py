@@ -147,24 +147,24 @@ class RowCapture:
     def __init__(self, k: int, native: bool | None = None):
         self.k = k
         self._scratch: Any = None
-        # None: the C form where capture_kernel() says it is usable; False: always the torch form
-        self._native = native if native is not None else None
+        self._native = native  # None: the C form where capture_kernel() says it is usable; False: never
 
     def __call__(self, raw: Any) -> tuple[LogNorm, Any, Any]:
         """(LogNorm of each row, top-K logprobs [B, k] float32, top-K ids [B, k] int64) of float32 rows `raw`
         [B, V]. The logprob of any other token t of row i is `norm.logprobs(raw[i, t])`."""
-        import torch
-
-        if raw.dtype != torch.float32:
-            raw = raw.float()
-        raw = raw.contiguous()
-        if raw.device.type == "cpu" and self.k <= NATIVE_MAX_K and raw.shape[0] and self._native is not False:
-            lib = _native_lib()
-            if lib is not None:
-                got = _capture_native(lib, raw, self.k)
-                if got is not None:
-                    return got
+        raw = _float_rows(raw)
+        lib = self._lib(raw)
+        if lib is not None:
+            got = _capture_native(lib, raw, self.k)
+            if got is not None:
+                return got
         return self._torch_form(raw)
+
+    def _lib(self, raw: Any) -> Any:
+        """The C form's library when it takes these rows (CPU, K within its limit, not turned off), else None."""
+        if raw.device.type != "cpu" or not raw.shape[0] or self.k > NATIVE_MAX_K or self._native is False:
+            return None
+        return _native_lib()
 
     def _torch_form(self, raw: Any) -> tuple[LogNorm, Any, Any]:
         import torch
@@ -179,6 +179,13 @@ class RowCapture:
             return norm, raw.new_zeros((raw.shape[0], 0)), torch.zeros((raw.shape[0], 0), dtype=torch.int64)
         values, ids = topk_rows(raw, self.k, block_max)
         return norm, norm.logprobs(values), ids
+
+
+def _float_rows(raw: Any) -> Any:
+    """Contiguous float32 rows (the same tensor when they are already)."""
+    import torch
+
+    return (raw if raw.dtype == torch.float32 else raw.float()).contiguous()
 
 
 def _capture_native(lib: Any, raw: Any, k: int) -> tuple[LogNorm, Any, Any] | None:
@@ -219,22 +226,20 @@ class StepRecorder:
         self.k = k
         self.steps = 0
         self._rows = RowCapture(k, native)
-        self._native = native
         self._chunks: list[dict[str, Any]] = []
         self._prev: Any = None  # (raw [B, V], chunk, index) of the last step, until its tokens are known
 
-    def _lib(self, raw: Any) -> Any:
-        if raw.device.type != "cpu" or self.k > NATIVE_MAX_K or self._native is False:
-            return None
-        return _native_lib()
+    @staticmethod
+    def _norm_ptrs(c: dict[str, Any], i: int, b: int) -> tuple[int, int]:
+        """Addresses of step i's shift and rel rows in chunk c."""
+        shift = c["norm"].data_ptr() + i * 2 * b * 4
+        return shift, shift + b * 4
 
     def step(self, raw: Any) -> None:
         """Record one step's rows: float32 logits [B, V] (held until `chosen` gives their tokens)."""
         import torch
 
-        if raw.dtype != torch.float32:
-            raw = raw.float()
-        raw = raw.contiguous()
+        raw = _float_rows(raw)
         b, k = raw.shape[0], self.k
         i = self.steps % self.CHUNK
         if i == 0:
@@ -247,12 +252,11 @@ class StepRecorder:
                 }
             )
         c = self._chunks[-1]
-        lib = self._lib(raw)
+        lib = self._rows._lib(raw)
         done = False
-        if lib is not None and b:
-            shift = c["norm"].data_ptr() + i * 2 * b * 4
+        if lib is not None:
             lps, ids = c["lps"].data_ptr() + i * b * k * 4, c["ids"].data_ptr() + i * b * k * 4
-            done = _native_into(lib, raw, k, shift, shift + b * 4, lps, ids)
+            done = _native_into(lib, raw, k, *self._norm_ptrs(c, i, b), lps, ids)
         if not done:
             norm, lps, ids = self._rows._torch_form(raw)
             c["norm"][i, 0].copy_(norm.shift)
@@ -266,15 +270,16 @@ class StepRecorder:
         """The tokens [B] (int64, any stride) that followed the last recorded step; a no-op before the first."""
         if self._prev is None:
             return
+        import torch
+
         raw, c, i = self._prev
         self._prev = None
         b, v = raw.shape
-        lib = self._lib(raw)
-        if lib is not None and tokens.device.type == "cpu" and tokens.dtype == _torch().int64:
-            shift = c["norm"].data_ptr() + i * 2 * b * 4
+        lib = self._rows._lib(raw)
+        if lib is not None and tokens.device.type == "cpu" and tokens.dtype == torch.int64:
             out = c["chosen"].data_ptr() + i * b * 4
             tok, stride = tokens.data_ptr(), tokens.stride(0)
-            if lib.rig_token_logprobs(raw.data_ptr(), b, v, tok, stride, shift, shift + b * 4, out):
+            if lib.rig_token_logprobs(raw.data_ptr(), b, v, tok, stride, *self._norm_ptrs(c, i, b), out):
                 raise IndexError(f"a chosen token id is outside the vocabulary of {v}: {tokens.tolist()}")
             return
         norm = LogNorm(c["norm"][i, 0], c["norm"][i, 1])
@@ -301,12 +306,6 @@ class StepRecorder:
     def nbytes(self) -> int:
         """Bytes held by the buffers (they grow with the steps and K, never with the vocabulary)."""
         return sum(t.nelement() * t.element_size() for c in self._chunks for t in c.values())
-
-
-def _torch() -> Any:
-    import torch
-
-    return torch
 
 
 _NATIVE: dict[str, Any] = {}  # "lib": the checked library or None, "reason": why
@@ -338,15 +337,22 @@ def capture_kernel() -> tuple[str, str]:
             why = _self_check(lib)
             if why:
                 lib, reason = None, f"the C form disagreed with the torch form ({why}): the torch form runs"
-                import sys
-
-                print(f"rig: capture on the CPU uses the torch form: {reason}", file=sys.stderr)
-        elif native.enabled() and native.compiler() is not None:  # a compiler is there, yet no C form: say so once
+        # Unexpected (a compiler is there, yet no C form): say so once. RIG_NATIVE=0 and no compiler are choices.
+        if lib is None and native.enabled() and native.compiler() is not None:
             import sys
 
             print(f"rig: capture on the CPU uses the torch form: {reason}", file=sys.stderr)
         _NATIVE.update(lib=lib, reason=reason)
     return ("native" if _NATIVE["lib"] is not None else "torch"), _NATIVE["reason"]
+
+
+def capture_kernel_for(device_type: str, k: int) -> tuple[str, str]:
+    """capture_kernel() for a run's device and K: which form its rows go through, and why."""
+    if device_type != "cpu":
+        return "torch", f"rows on {device_type}: the torch form (the C form is for CPU rows)"
+    if k > NATIVE_MAX_K:
+        return "torch", f"K = {k} is above the C form's {NATIVE_MAX_K}: the torch form"
+    return capture_kernel()
 
 
 def _self_check(lib: Any) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 from rig.errors import UserError
 from rig.run.spec import to_transformers
 from rig.stacks.base import Request, SequenceResult, Stack, finish_reason, truncate_at_stop
-from rig.stacks.capture import NATIVE_MAX_K, RowCapture, StepRecorder, capture_kernel
+from rig.stacks.capture import RowCapture, StepRecorder, capture_kernel_for
 from rig.stacks.sampling import couple_logits, record_noise
 from rig.testing.tiny import PAD_TOKEN_ID
 
@@ -89,15 +89,7 @@ class HFStack(Stack):
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {dev!r} requested but torch sees no CUDA device")
         self.device = torch.device(dev)
-        if self.device.type == "cpu" and spec.logprobs > NATIVE_MAX_K:
-            why = f"K = {spec.logprobs} is above the C form's {NATIVE_MAX_K}: the torch form"
-            self.resolve("capture_kernel", "torch", why)
-        elif self.device.type == "cpu":
-            kernel, why = capture_kernel()
-            self.resolve("capture_kernel", kernel, why)
-        else:
-            why = f"rows on {self.device.type}: the torch form (the C form is for CPU rows)"
-            self.resolve("capture_kernel", "torch", why)
+        self.resolve("capture_kernel", *capture_kernel_for(self.device.type, spec.logprobs))
         dtype = getattr(torch, spec.dtype)
         self.resolve("dtype", spec.dtype, "requested (activations and non-quantized weights)")
 
